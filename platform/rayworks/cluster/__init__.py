@@ -1,0 +1,1 @@
+"""Cluster spec -> local cluster, `ray up` YAML, KubeRay manifests; auth helpers."""

@@ -1,0 +1,178 @@
+"""The local cluster: one Ray head on this machine, started from the spec.
+
+``up`` runs ``ray start --head --block`` in its own process group (so ``down`` stops
+exactly what ``up`` started, never another Ray on the machine), with the dashboard
+on the spec's host, metrics export on and token auth on, then waits until the Jobs
+API answers with our token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from rayworks.cluster.auth import auth_env, bearer_header, ensure_token
+from rayworks.config.cluster import ClusterSpec
+from rayworks.errors import ClusterError, ConfigError
+
+STATE_DIR = Path(os.environ.get("RAYWORKS_HOME", Path.home() / ".rayworks")) / "clusters"
+
+
+def state_file(spec: ClusterSpec) -> Path:
+    return STATE_DIR / f"{spec.name}.json"
+
+
+def read_state(spec: ClusterSpec) -> dict | None:
+    p = state_file(spec)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def probe(spec: ClusterSpec, timeout_s: float = 3.0) -> str:
+    """'up' if the Jobs API answers with our token, 'auth' if it refuses it, 'down' otherwise."""
+    try:
+        hdr = bearer_header(spec)
+    except ClusterError:
+        hdr = {}  # no token here yet: a running cluster will answer 401, a free port not at all
+    try:
+        r = requests.get(f"{spec.dashboard_url}/api/jobs/", headers=hdr, timeout=timeout_s)
+    except requests.RequestException:
+        return "down"
+    if r.status_code in (401, 403):
+        return "auth"
+    return "up" if r.status_code == 200 else "down"
+
+
+def head_command(spec: ClusterSpec) -> list[str]:
+    """The `ray start --head` command line for the spec's local head."""
+    h = spec.head
+    resources = dict(h.resources)
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+        f"--port={spec.local.gcs_port}",
+        f"--num-cpus={h.num_cpus}", f"--num-gpus={h.num_gpus}",
+        f"--memory={int(h.memory_gb * 1024**3)}",
+        f"--object-store-memory={int(spec.local.object_store_memory_gb * 1024**3)}",
+        "--include-dashboard=true",
+        f"--dashboard-host={spec.dashboard.host}", f"--dashboard-port={spec.dashboard.port}",
+        f"--dashboard-agent-listen-port={spec.local.dashboard_agent_listen_port}",
+        f"--ray-client-server-port={spec.local.ray_client_port}",
+        f"--metrics-export-port={spec.metrics.export_port}",
+        f"--temp-dir={spec.local.temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if resources:
+        cmd.append(f"--resources={json.dumps(resources)}")
+    return cmd
+
+
+def head_env(spec: ClusterSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    # Jobs run `python ...`: make that the interpreter rayworks runs under.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(auth_env(spec))
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "VLLM_NO_USAGE_STATS": "1",
+                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(spec.runtime_env.env_vars)
+    if spec.metrics.prometheus_url:
+        env["RAY_PROMETHEUS_HOST"] = spec.metrics.prometheus_url
+    if spec.metrics.grafana_url:
+        env["RAY_GRAFANA_HOST"] = spec.metrics.grafana_url
+    return env
+
+
+def up(spec: ClusterSpec, timeout_s: float = 120, quiet: bool = False) -> dict:
+    """Starts the local head unless it is already running; returns its state."""
+    if spec.provider.type != "local":
+        raise ConfigError(f"`rayworks up` starts local clusters; spec {spec.name!r} is provider.type="
+                          f"{spec.provider.type}. Render it (`rayworks cluster render`) and use `ray up` or KubeRay")
+    ensure_token(spec)
+    status = probe(spec)
+    if status == "up":
+        st = read_state(spec) or {}
+        if not quiet:
+            print(f"cluster {spec.name!r} is already running: dashboard {spec.dashboard_url}")
+        return {**st, "already_running": True, "dashboard_url": spec.dashboard_url}
+    if status == "auth":
+        raise ClusterError(f"a Ray dashboard at {spec.dashboard_url} refused our token: another cluster holds "
+                           "that port. Stop it, or change dashboard.port in the spec")
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = STATE_DIR / f"{spec.name}.log"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(head_command(spec), env=head_env(spec), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    state = {"name": spec.name, "pid": proc.pid, "pgid": proc.pid, "dashboard_url": spec.dashboard_url,
+             "gcs_address": f"127.0.0.1:{spec.local.gcs_port}", "temp_dir": spec.local.temp_dir,
+             "log": str(log_path), "started_at": time.time()}
+    state_file(spec).write_text(json.dumps(state, indent=2))
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            state_file(spec).unlink(missing_ok=True)
+            raise ClusterError(f"`ray start` exited with code {proc.returncode}; last log lines:\n{tail}")
+        if probe(spec) == "up" and _gcs_ready(spec):
+            if not quiet:
+                print(f"cluster {spec.name!r} is up")
+                print(f"  dashboard: {spec.dashboard_url}")
+                print(f"  submit:    rayworks submit jobs/configs/prep.yaml   "
+                      f"(or RAY_AUTH_MODE=token ray job submit --address {spec.dashboard_url} -- python ...)")
+            return state
+        time.sleep(1.0)
+    down(spec, quiet=True)
+    raise ClusterError(f"cluster {spec.name!r} did not become healthy within {timeout_s:.0f}s; see {log_path}")
+
+
+def _gcs_ready(spec: ClusterSpec) -> bool:
+    try:
+        r = requests.get(f"{spec.dashboard_url}/nodes?view=summary", headers=bearer_header(spec), timeout=3)
+        return r.status_code == 200 and bool(r.json().get("data", {}).get("summary"))
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
+    """Stops what `up` started (its process group); returns False if nothing was running."""
+    st = read_state(spec)
+    if not st:
+        if not quiet:
+            print(f"cluster {spec.name!r} was not started by rayworks (no state file); nothing to stop")
+        return False
+    pgid = st["pgid"]
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.3)
+        else:
+            continue
+        break
+    state_file(spec).unlink(missing_ok=True)
+    if not quiet:
+        print(f"cluster {spec.name!r} stopped")
+    return True
+
+
+def status(spec: ClusterSpec) -> dict:
+    """Nodes, resources and jobs of the spec's cluster (via the dashboard API)."""
+    s = probe(spec)
+    if s != "up":
+        raise ClusterError(f"cluster {spec.name!r} is not reachable at {spec.dashboard_url} "
+                           f"({'token refused' if s == 'auth' else 'not running'}); start it with `rayworks up`")
+    hdr = bearer_header(spec)
+    nodes = requests.get(f"{spec.dashboard_url}/nodes?view=summary", headers=hdr, timeout=10).json()
+    jobs = requests.get(f"{spec.dashboard_url}/api/jobs/", headers=hdr, timeout=10).json()
+    return {"nodes": nodes.get("data", {}).get("summary", []), "jobs": jobs}

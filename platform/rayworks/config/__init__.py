@@ -1,0 +1,1 @@
+"""Strict pydantic configs: the cluster spec and one model per job kind."""

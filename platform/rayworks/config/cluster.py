@@ -1,0 +1,231 @@
+"""The cluster spec: one strict model describing a cluster once.
+
+The same spec starts the local cluster (``rayworks up``), renders to a ``ray up``
+cluster-launcher YAML and to KubeRay manifests (``rayworks cluster render``), and is
+what job submission and the preflight check against.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rayworks.config.base import StrictModel, load_yaml_model
+
+Role = Literal["data", "train", "serve", "general"]
+_SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
+
+
+class Provider(StrictModel):
+    """Where the cluster runs."""
+
+    type: Literal["local", "aws", "gcp", "kubernetes"] = Field(
+        "local", description="local: one Ray head on this machine; aws/gcp: `ray up`; kubernetes: KubeRay.")
+    region: str | None = Field(None, description="Cloud region (aws, gcp), e.g. us-west-2 or us-central1.")
+    availability_zone: str | None = Field(None, description="Zone(s) within the region, e.g. us-west-2a or us-central1-a.")
+    project_id: str | None = Field(None, description="GCP project id (gcp only).")
+    namespace: str | None = Field(None, description="Kubernetes namespace for the RayCluster (kubernetes only).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Provider":
+        need = {"aws": ["region"], "gcp": ["region", "availability_zone", "project_id"], "kubernetes": ["namespace"]}
+        for name in need.get(self.type, []):
+            if not getattr(self, name):
+                raise ValueError(f"provider.type={self.type} needs provider.{name}")
+        return self
+
+
+class NodeType(StrictModel):
+    """Resources of one node (the head, or each node of a worker group)."""
+
+    instance_type: str | None = Field(None, description="Cloud instance/machine type (aws, gcp). Ignored for local/kubernetes.")
+    num_cpus: int = Field(..., ge=1, description="CPUs Ray advertises on the node (logical; may exceed physical cores locally).")
+    num_gpus: int = Field(0, ge=0, description="GPUs per node.")
+    accelerator_type: str | None = Field(None, description="GPU type, e.g. H100, A100, L4. Only on nodes with num_gpus > 0.")
+    memory_gb: float = Field(..., gt=0, description="Memory per node in GiB (pod memory on kubernetes).")
+    disk_size_gb: int = Field(200, ge=10, description="Boot disk size in GiB for cloud nodes.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Extra custom Ray resources on the node.")
+
+    @model_validator(mode="after")
+    def _check_gpu(self) -> "NodeType":
+        if self.accelerator_type and self.num_gpus == 0:
+            raise ValueError(f"accelerator_type={self.accelerator_type!r} on a node with num_gpus: 0; "
+                             "set num_gpus > 0 or remove accelerator_type")
+        return self
+
+
+class HeadNode(NodeType):
+    """The head node. Jobs' drivers run here; keep its CPUs modest on the cloud."""
+
+
+class WorkerGroup(NodeType):
+    """A named group of identical worker nodes, scaled between min and max."""
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9-]{0,38}$", description="Group name (lowercase, DNS-safe).")
+    role: Role = Field(..., description="What the group is for: data (prep), train, serve or general.")
+    min_workers: int = Field(0, ge=0, description="Nodes kept up at all times.")
+    max_workers: int = Field(1, ge=0, description="Most nodes the autoscaler may start.")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "WorkerGroup":
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) > max_workers ({self.max_workers}) "
+                             f"in group {self.name!r}; lower min_workers or raise max_workers")
+        return self
+
+
+class Storage(StrictModel):
+    """Shared storage every job reads from and writes to."""
+
+    uri: str = Field(..., description="A local directory (local clusters, or a shared mount), s3://bucket/prefix or gs://bucket/prefix.")
+
+    @property
+    def is_remote(self) -> bool:
+        return self.uri.startswith(("s3://", "gs://"))
+
+
+class RuntimeEnv(StrictModel):
+    """What every job gets: pinned packages or a container image, and env vars."""
+
+    pip: list[str] = Field(default_factory=list, description="Pinned pip requirements installed on every node (setup commands / image build).")
+    image: str | None = Field(None, description="Container image for every node (ray up docker / KubeRay pods).")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Non-secret environment variables for every job.")
+    secret_env_vars: list[str] = Field(
+        default_factory=list,
+        description="Names of secrets passed from the submitting shell's environment at submit time; never written to files.")
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> "RuntimeEnv":
+        for k in self.env_vars:
+            if _SECRETISH.search(k):
+                raise ValueError(f"env_vars.{k} looks like a secret; list its name under "
+                                 "runtime_env.secret_env_vars instead so its value never lands in a file")
+        return self
+
+
+class Auth(StrictModel):
+    """Ray token authentication for the GCS, dashboard and Jobs API."""
+
+    mode: Literal["token", "disabled"] = Field("token", description="token (default) or disabled. disabled requires a loopback dashboard.")
+    token_path: str | None = Field(None, description="Token file; default ~/.ray/auth_token (Ray's own default).")
+    k8s_secret_name: str = Field("rayworks-auth-token", description="Kubernetes Secret that holds the token (kubernetes only).")
+
+
+class Dashboard(StrictModel):
+    """Ray dashboard and Jobs API."""
+
+    host: str = Field("127.0.0.1", description="Bind address; loopback by default. Use port-forwarding or a tunnel to reach it.")
+    port: int = Field(8265, ge=1, le=65535, description="Dashboard / Jobs API port.")
+
+
+class Metrics(StrictModel):
+    """Prometheus metrics export."""
+
+    export_port: int = Field(8080, ge=1, le=65535, description="Port each node serves /metrics on.")
+    prometheus_url: str | None = Field(None, description="Prometheus the Ray dashboard queries (RAY_PROMETHEUS_HOST).")
+    grafana_url: str | None = Field(None, description="Grafana the Ray dashboard links to (RAY_GRAFANA_HOST).")
+
+
+class ServeHTTP(StrictModel):
+    """Ray Serve's HTTP proxy."""
+
+    host: str = Field("127.0.0.1", description="Serve proxy bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="Serve HTTP port (OpenAI-compatible API).")
+
+
+class LocalOptions(StrictModel):
+    """Only for provider.type=local: ports and paths of the local head."""
+
+    gcs_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local head.")
+    ray_client_port: int = Field(10001, ge=1, le=65535, description="Ray Client server port.")
+    dashboard_agent_listen_port: int = Field(52365, ge=1, le=65535, description="Dashboard agent HTTP port.")
+    temp_dir: str = Field("/tmp/ray", description="Ray's session/log directory for this cluster.")
+    object_store_memory_gb: float = Field(2.0, gt=0, description="Object store size in GiB.")
+
+
+class Autoscaler(StrictModel):
+    """Autoscaler behaviour for cloud and KubeRay clusters."""
+
+    idle_timeout_minutes: float = Field(5, gt=0, description="Idle workers are removed after this many minutes.")
+    upscaling_speed: float = Field(1.0, gt=0, description="Ray autoscaler upscaling_speed.")
+
+
+class ClusterSpec(StrictModel):
+    """A cluster, described once."""
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9-]{0,38}$", description="Cluster name (lowercase, DNS-safe).")
+    ray_version: str = Field("2.60.0", description="Ray version on every node.")
+    python_version: str = Field("3.11", description="Python version of the node images.")
+    provider: Provider = Field(default_factory=Provider, description="Where it runs.")
+    head: HeadNode = Field(..., description="The head node.")
+    worker_groups: list[WorkerGroup] = Field(default_factory=list, description="Named worker groups.")
+    storage: Storage = Field(..., description="Shared artifact storage.")
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv, description="What every job gets.")
+    auth: Auth = Field(default_factory=Auth, description="Token auth (on by default).")
+    dashboard: Dashboard = Field(default_factory=Dashboard, description="Dashboard and Jobs API.")
+    metrics: Metrics = Field(default_factory=Metrics, description="Metrics export.")
+    serve: ServeHTTP = Field(default_factory=ServeHTTP, description="Serve HTTP proxy.")
+    autoscaler: Autoscaler = Field(default_factory=Autoscaler, description="Autoscaling (cloud, KubeRay).")
+    local: LocalOptions = Field(default_factory=LocalOptions, description="Local-cluster options.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClusterSpec":
+        names = [g.name for g in self.worker_groups]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"worker group names must be unique; repeated: {sorted(dup)}")
+        if self.provider.type == "local" and self.worker_groups:
+            raise ValueError("provider.type=local runs one head node; remove worker_groups or use aws/gcp/kubernetes")
+        if self.provider.type in ("aws", "gcp"):
+            for where, node in [("head", self.head)] + [(f"worker_groups.{g.name}", g) for g in self.worker_groups]:
+                if not node.instance_type:
+                    raise ValueError(f"{where}.instance_type is required for provider.type={self.provider.type}")
+        if self.provider.type != "local" and not self.storage.is_remote and not self.storage.uri.startswith("/"):
+            raise ValueError(f"storage.uri={self.storage.uri!r}: a multi-node cluster needs s3://, gs:// or an "
+                             "absolute path on a shared mount")
+        if self.auth.mode == "disabled" and not _is_loopback(self.dashboard.host):
+            raise ValueError(f"auth.mode=disabled with dashboard.host={self.dashboard.host!r} exposes the Jobs API "
+                             "(remote code execution); keep auth.mode=token or bind the dashboard to 127.0.0.1")
+        return self
+
+    @property
+    def dashboard_url(self) -> str:
+        host = "127.0.0.1" if self.dashboard.host in ("0.0.0.0", "::") else self.dashboard.host
+        return f"http://{host}:{self.dashboard.port}"
+
+    def node_types(self) -> list[tuple[str, NodeType, int]]:
+        """(name, node, max count) for the head and every worker group."""
+        return [("head", self.head, 1)] + [(g.name, g, g.max_workers) for g in self.worker_groups]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_spec_path() -> Path:
+    """The embedded default: cluster/local.yaml in a checkout, else the packaged copy."""
+    repo = Path(__file__).resolve().parents[3] / "cluster" / "local.yaml"
+    if repo.is_file():
+        return repo
+    return Path(__file__).resolve().parents[1] / "defaults" / "local.yaml"
+
+
+def load_cluster_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> ClusterSpec:
+    """Loads and validates a cluster spec; relative local storage paths resolve against the spec file."""
+    p = Path(path) if path else default_spec_path()
+    spec = load_yaml_model(ClusterSpec, p, overrides)
+    if not spec.storage.is_remote:
+        uri = Path(spec.storage.uri).expanduser()
+        if not uri.is_absolute():
+            uri = (p.resolve().parent / uri).resolve()
+        spec.storage.uri = str(uri)
+    return spec

@@ -1,0 +1,151 @@
+"""The job envelope shared by every job kind, and the kind registry.
+
+A job YAML has a ``kind`` (prep, train, serve, generate, pipeline) that selects a
+strict model. Each kind registers its config class and its runner here by import
+path, so the CLI and validation never import torch/vllm/deepspeed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field
+
+from rayworks.config.base import StrictModel, read_yaml, set_override, validate_model
+from rayworks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rayworks.config.cluster import ClusterSpec
+
+# kind -> (config class, runner function, job entrypoint script relative to the project root)
+KINDS: dict[str, tuple[str, str, str]] = {
+    "prep": ("rayworks.config.prep:PrepJob", "rayworks.data.job:run", "jobs/prep.py"),
+    "train": ("rayworks.config.train:TrainJob", "rayworks.train.job:run", "jobs/train.py"),
+    "serve": ("rayworks.config.serve:ServeJob", "rayworks.serve.job:run", "jobs/serve.py"),
+    "generate": ("rayworks.config.generate:GenerateJob", "rayworks.generate.job:run", "jobs/generate.py"),
+    "pipeline": ("rayworks.config.pipeline:PipelineJob", "rayworks.pipeline:run", "jobs/pipeline.py"),
+}
+
+
+def import_path(path: str):
+    """Imports ``module:attr``."""
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Bundle(StrictModel):
+    """One unit of a job's resource request, for the preflight."""
+
+    num_cpus: float = Field(1, ge=0, description="CPUs per unit.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per unit.")
+    accelerator_type: str | None = Field(None, description="Required GPU type, if any.")
+    count: int = Field(1, ge=1, description="How many such units the job needs at once.")
+    what: str = Field("job", description="Which part of the job asks for it (for error messages).")
+
+
+class JobRuntimeEnv(StrictModel):
+    """Per-job additions to the cluster spec's runtime environment."""
+
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Extra non-secret environment variables for this job.")
+    pip: list[str] = Field(default_factory=list, description="Extra pip packages for this job (installed by Ray's runtime env).")
+
+
+class JobBase(StrictModel):
+    """Fields every job kind has."""
+
+    kind: str = Field(..., description="Job kind: prep, train, serve, generate or pipeline.")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Run name; names output folders and the Ray job.")
+    cluster: str | None = Field(None, description="Cluster spec file (relative to this file); default: the embedded local spec.")
+    runtime_env: JobRuntimeEnv = Field(default_factory=JobRuntimeEnv, description="Per-job runtime env additions.")
+
+    # Names of fields holding local paths, resolved relative to the config file at load time.
+    path_fields: ClassVar[tuple[str, ...]] = ()
+
+    def resource_request(self) -> list[Bundle]:
+        """Resources the job needs at once (checked against the spec by the preflight)."""
+        return [Bundle(num_cpus=1, what=f"{self.kind} driver")]
+
+    def preflight(self, spec: "ClusterSpec") -> None:
+        """Kind-specific checks before submission (raise ConfigError)."""
+
+    def resolve_paths(self, base: Path) -> None:
+        """Makes relative local paths absolute, relative to the config file's folder."""
+        if self.cluster and not _is_uri(self.cluster):
+            self.cluster = str((base / os.path.expanduser(self.cluster)).resolve())
+        for dotted in self.path_fields:
+            _resolve_field(self, dotted, base)
+
+    def cluster_spec(self) -> "ClusterSpec":
+        from rayworks.config.cluster import load_cluster_spec
+
+        return load_cluster_spec(self.cluster)
+
+
+def _is_uri(p: str) -> bool:
+    return "://" in p
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """Absolute local path for ``value`` (relative to ``base``); URIs pass through."""
+    if _is_uri(value):
+        return value
+    return str((base / os.path.expanduser(value)).resolve())
+
+
+def _resolve_field(obj, dotted: str, base: Path) -> None:
+    head, _, rest = dotted.partition(".")
+    if head.endswith("[]"):
+        items = getattr(obj, head[:-2], None) or []
+        if rest:
+            for it in items:
+                _resolve_field(it, rest, base)
+        else:
+            setattr(obj, head[:-2], [resolve_path(v, base) for v in items])
+        return
+    val = getattr(obj, head, None)
+    if val is None:
+        return
+    if rest:
+        _resolve_field(val, rest, base)
+    elif isinstance(val, str):
+        setattr(obj, head, resolve_path(val, base))
+
+
+def job_class(kind: str) -> type[JobBase]:
+    if kind not in KINDS:
+        raise ConfigError(f"kind: {kind!r} is not a job kind; use one of {sorted(KINDS)}")
+    return import_path(KINDS[kind][0])
+
+
+def load_job_data(data: dict, source: str, base: Path, text: str | None = None, expect_kind: str | None = None) -> JobBase:
+    """Validates an already-parsed job mapping (used for pipeline stages too)."""
+    kind = data.get("kind")
+    if kind is None:
+        raise ConfigError(f"{source}: missing key 'kind' (one of {sorted(KINDS)})")
+    if expect_kind and kind != expect_kind:
+        raise ConfigError(f"{source}: kind is {kind!r} but this entrypoint runs {expect_kind!r} jobs; "
+                          f"use jobs/{kind}.py or `rayworks submit`")
+    job = validate_model(job_class(kind), data, source, text)
+    job.resolve_paths(base)
+    return job
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None, expect_kind: str | None = None) -> JobBase:
+    """Loads any job YAML, dispatching on ``kind``; paths resolve relative to the file."""
+    data, text = read_yaml(path)
+    for o in overrides or []:
+        set_override(data, o)
+    return load_job_data(data, str(path), Path(path).resolve().parent, text, expect_kind)
+
+
+def dump_job(job: JobBase, path: str | Path) -> Path:
+    """Writes the resolved config (what actually ran) as YAML."""
+    import yaml
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    return p
