@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
                 it.add_marker(skip)
 
 
-def test_spec_dict(name: str, storage: Path, base: int = PORT_BASE) -> dict:
+def make_spec_dict(name: str, storage: Path, base: int = PORT_BASE) -> dict:
     """A local cluster spec on the test port block."""
     return {
         "name": name,
@@ -91,7 +91,7 @@ def local_cluster(tmp_path_factory) -> LocalCluster:
     storage = root / "artifacts"
     storage.mkdir()
     spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(test_spec_dict(f"rwtest{PORT_BASE}", storage)))
+    spec_path.write_text(yaml.safe_dump(make_spec_dict(f"rwtest{PORT_BASE}", storage)))
     spec = load_cluster_spec(spec_path)
     local.down(spec, quiet=True)  # a leftover from a killed session
     local.up(spec, timeout_s=180)

@@ -30,6 +30,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 def project_root() -> Path:
     """The checkout holding jobs/ (the package lives in <root>/platform/rayworks)."""
     root = PACKAGE_DIR.parents[1]
+    if not (root / "jobs").is_dir() and (Path.cwd() / "jobs").is_dir():
+        root = Path.cwd()  # inside a Ray job (e.g. the pipeline job): its working dir holds jobs/
     if not (root / "jobs").is_dir():
         raise ConfigError(f"cannot find the jobs/ folder next to the rayworks package ({root}); "
                           "submit from a rayworks checkout (pip install -e .)")

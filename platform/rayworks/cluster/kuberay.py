@@ -1,0 +1,206 @@
+"""Cluster spec -> KubeRay manifests: RayCluster, RayJob, RayService (ray.io/v1).
+
+One worker group per spec group, in-tree autoscaling on, GPU requests/limits as
+``nvidia.com/gpu``, and Ray token auth through ``spec.authOptions`` (KubeRay >= 1.6):
+the operator reads the token from the Kubernetes Secret named by
+``auth.k8s_secret_name`` (key ``auth_token``) and injects ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``
+into every Ray container. The manifests name the Secret, never a token.
+
+Create the Secret once from the same token your laptop uses::
+
+    kubectl -n <namespace> create secret generic rayworks-auth-token \
+        --from-file=auth_token=$HOME/.ray/auth_token
+
+Pods run ``runtime_env.image`` when the spec sets one, else the ``rayproject/ray``
+image of the spec's Ray/Python version; the spec's pinned pip packages then reach
+jobs through the RayJob/RayService runtime env.
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from rayworks.cluster.rayup import LABEL_GROUP, LABEL_ROLE, accelerator_resource, role_resource
+from rayworks.config.cluster import ClusterSpec, NodeType, _is_loopback
+from rayworks.errors import ConfigError
+
+API_VERSION = "ray.io/v1"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Node label of NVIDIA's GPU feature discovery (GPU Operator), present on most GPU clusters.
+# An accelerator_type not in the table below is used verbatim as the label value.
+GPU_NODE_LABEL = "nvidia.com/gpu.product"
+GPU_PRODUCTS = {
+    "H100": "NVIDIA-H100-80GB-HBM3", "H200": "NVIDIA-H200", "A100": "NVIDIA-A100-SXM4-80GB",
+    "A10G": "NVIDIA-A10G", "L4": "NVIDIA-L4", "L40S": "NVIDIA-L40S", "T4": "Tesla-T4",
+    "V100": "Tesla-V100-SXM2-16GB",
+}
+GCS_PORT = 6379
+CLIENT_PORT = 10001
+
+
+def k8s_name(name: str) -> str:
+    """A DNS-1123 name (lowercase alphanumerics and '-', at most 63 characters)."""
+    out = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].rstrip("-")
+    if not out:
+        raise ConfigError(f"name {name!r} has no characters usable in a Kubernetes name; use [a-z0-9-]")
+    return out
+
+
+def image(spec: ClusterSpec, gpu: bool) -> str:
+    """Container image for a pod: the spec's, else Ray's own for its Ray/Python version."""
+    if spec.runtime_env.image:
+        return spec.runtime_env.image
+    py = spec.python_version.replace(".", "")
+    return f"rayproject/ray:{spec.ray_version}-py{py}{'-gpu' if gpu else ''}"
+
+
+def _quantity_gb(gb: float) -> str:
+    mib = round(gb * 1024)
+    return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
+
+
+def _resources(node: NodeType) -> dict:
+    amount = {"cpu": str(node.num_cpus), "memory": _quantity_gb(node.memory_gb)}
+    if node.num_gpus:
+        amount[GPU_RESOURCE] = str(node.num_gpus)
+    # requests == limits: Guaranteed QoS, and Ray sizes itself from the limits.
+    return {"limits": dict(amount), "requests": dict(amount)}
+
+
+def _env(spec: ClusterSpec) -> list[dict]:
+    env = [{"name": k, "value": v} for k, v in sorted(spec.runtime_env.env_vars.items())]
+    # Secrets the spec names come from a Secret `<cluster>-env` that the operator of the
+    # cluster creates; optional so a cluster without it still starts.
+    env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": f"{spec.name}-env", "key": n, "optional": True}}}
+            for n in sorted(spec.runtime_env.secret_env_vars)]
+    return env
+
+
+def _container(spec: ClusterSpec, node: NodeType, name: str, ports: list[dict]) -> dict:
+    c = {"name": name, "image": image(spec, node.num_gpus > 0), "resources": _resources(node), "ports": ports}
+    env = _env(spec)
+    if env:
+        c["env"] = env
+    return c
+
+
+def _pod_template(spec: ClusterSpec, node: NodeType, container: dict, role: str) -> dict:
+    pod: dict = {"containers": [container]}
+    if node.accelerator_type:
+        pod["nodeSelector"] = {GPU_NODE_LABEL: GPU_PRODUCTS.get(node.accelerator_type, node.accelerator_type)}
+    if node.num_gpus:
+        # GPU node pools are usually tainted so that only GPU pods land there.
+        pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return {"metadata": {"labels": {"app.kubernetes.io/name": "rayworks", LABEL_ROLE: role}}, "spec": pod}
+
+
+def _group_resources(node: NodeType, role: str) -> dict[str, str]:
+    res = {role_resource(role): "1"}
+    if node.accelerator_type:
+        res[accelerator_resource(node.accelerator_type)] = "1"
+    res.update({k: f"{v:g}" for k, v in node.resources.items()})
+    return dict(sorted(res.items()))
+
+
+def raycluster_spec(spec: ClusterSpec) -> dict:
+    """The ``spec`` of a RayCluster (also the rayClusterSpec of RayJob/RayService)."""
+    if spec.provider.type != "kubernetes":
+        raise ConfigError(f"provider.type={spec.provider.type}: the kuberay target renders kubernetes specs; "
+                          "use --target ray-up for aws/gcp")
+    if _is_loopback(spec.dashboard.host):
+        raise ConfigError(f"dashboard.host={spec.dashboard.host!r}: on Kubernetes the KubeRay operator reaches the "
+                          "dashboard through the head Service; set dashboard.host: 0.0.0.0 (token auth stays on)")
+    metrics = {"name": "metrics", "containerPort": spec.metrics.export_port}
+    head_ports = [{"name": "gcs-server", "containerPort": GCS_PORT},
+                  {"name": "dashboard", "containerPort": spec.dashboard.port},
+                  {"name": "client", "containerPort": CLIENT_PORT},
+                  {"name": "serve", "containerPort": spec.serve.port}, metrics]
+    head = {
+        "rayStartParams": {"dashboard-host": spec.dashboard.host, "dashboard-port": str(spec.dashboard.port),
+                           "metrics-export-port": str(spec.metrics.export_port)},
+        "labels": {LABEL_ROLE: "head"},
+        "resources": _group_resources(spec.head, "head"),
+        "template": _pod_template(spec, spec.head, _container(spec, spec.head, "ray-head", head_ports), "head"),
+    }
+    workers = []
+    for g in spec.worker_groups:
+        c = _container(spec, g, "ray-worker", [dict(metrics)])
+        workers.append({
+            "groupName": g.name,
+            "replicas": g.min_workers,
+            "minReplicas": g.min_workers,
+            "maxReplicas": g.max_workers,
+            "rayStartParams": {"metrics-export-port": str(spec.metrics.export_port)},
+            "labels": {LABEL_ROLE: g.role, LABEL_GROUP: g.name},
+            "resources": _group_resources(g, g.role),
+            "template": _pod_template(spec, g, c, g.role),
+        })
+    out: dict = {
+        "rayVersion": spec.ray_version,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"version": "v2", "upscalingMode": "Default",
+                              "idleTimeoutSeconds": int(spec.autoscaler.idle_timeout_minutes * 60)},
+        "headGroupSpec": head,
+        "workerGroupSpecs": workers,
+    }
+    if spec.auth.mode == "token":
+        out["authOptions"] = {"mode": "token", "secretName": spec.auth.k8s_secret_name}
+    return out
+
+
+def _metadata(spec: ClusterSpec, name: str, component: str) -> dict:
+    return {"name": k8s_name(name), "namespace": spec.provider.namespace,
+            "labels": {"app.kubernetes.io/name": "rayworks", "app.kubernetes.io/component": component,
+                       "app.kubernetes.io/managed-by": "rayworks", "rayworks.io/cluster": spec.name}}
+
+
+def raycluster(spec: ClusterSpec) -> dict:
+    """A RayCluster manifest for a kubernetes spec.
+
+    Raises:
+        ConfigError: the spec is not a kubernetes one, or its dashboard binds loopback.
+    """
+    return {"apiVersion": API_VERSION, "kind": "RayCluster",
+            "metadata": _metadata(spec, spec.name, "cluster"), "spec": raycluster_spec(spec)}
+
+
+def _block_yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False, width=4096)
+
+
+def rayjob(spec: ClusterSpec, name: str, entrypoint: str, runtime_env: dict) -> dict:
+    """A RayJob that brings up the spec's cluster, runs ``entrypoint`` and tears it down.
+
+    Args:
+        spec: a kubernetes cluster spec.
+        name: job name (made DNS-safe).
+        entrypoint: shell command run by ``ray job submit``, e.g. ``python jobs/train.py --config ...``.
+        runtime_env: Ray runtime env for the job (pip, env_vars, working_dir...); no secret values.
+
+    Returns:
+        The RayJob manifest as a dict.
+    """
+    job_spec: dict = {
+        "entrypoint": entrypoint,
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": 600,
+        "submissionMode": "K8sJobMode",
+        "rayClusterSpec": raycluster_spec(spec),
+    }
+    if runtime_env:
+        job_spec["runtimeEnvYAML"] = _block_yaml(runtime_env)
+    return {"apiVersion": API_VERSION, "kind": "RayJob", "metadata": _metadata(spec, name, "job"), "spec": job_spec}
+
+
+def rayservice(spec: ClusterSpec, name: str, serve_config_v2: dict) -> dict:
+    """A RayService running ``serve_config_v2`` (Serve's multi-app config) on the spec's cluster.
+
+    Serve's proxy must listen on all pod interfaces for the serve Service to reach it, so
+    ``http_options`` defaults to ``0.0.0.0:<serve.port>`` when the config does not set it.
+    """
+    cfg = dict(serve_config_v2)
+    cfg.setdefault("http_options", {"host": "0.0.0.0", "port": spec.serve.port})
+    return {"apiVersion": API_VERSION, "kind": "RayService", "metadata": _metadata(spec, name, "service"),
+            "spec": {"serveConfigV2": _block_yaml(cfg), "rayClusterConfig": raycluster_spec(spec)}}

@@ -1,0 +1,105 @@
+"""The `pipeline` job: prep -> train -> serve (three Ray jobs) from one YAML.
+
+Each stage is a path to that kind's own job YAML (relative to this file) or the job
+inlined as a mapping. The pipeline links the stages: train's ``data.prep_uri``
+defaults to the prep output, each served model without a ``source`` gets the
+training export. ``--set train.run.num_steps=30`` reaches into any stage.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from rayworks.config.base import StrictModel, read_yaml, set_override
+from rayworks.config.jobs import Bundle, JobBase, load_job_data, resolve_path
+
+STAGES = ("prep", "train", "serve")
+BASE_KEY = "_base"  # where an inlined stage's relative paths resolve from
+
+
+class CorpusStep(StrictModel):
+    """Build the demo corpus from text that ships with Python before prep runs."""
+
+    source: Literal["python-docs"] = Field("python-docs", description="Corpus builder (python-docs: pydoc topics + stdlib sources).")
+    output: str = Field(..., description="Directory to write the corpus into (skipped when it already holds one).")
+    size_mb: float | None = Field(None, gt=0, description="Target size in MB (default: the builder's natural size).")
+
+
+class SmokeTest(StrictModel):
+    """One real completion sent to the served model at the end."""
+
+    enabled: bool = Field(True, description="Send the completion and fail the pipeline if it does not come back.")
+    prompt: str = Field("def ", description="Prompt of the smoke-test completion.")
+    max_tokens: int = Field(16, ge=1, description="Tokens to generate.")
+    timeout_s: float = Field(120, gt=0, description="How long to wait for the answer.")
+
+
+class PipelineJob(JobBase):
+    """Text to a served model: prep, train and serve as three Ray jobs, in order."""
+
+    kind: Literal["pipeline"] = Field("pipeline", description="Always pipeline.")
+    corpus: CorpusStep | None = Field(None, description="Optional corpus build before prep.")
+    prep: str | dict[str, Any] = Field(..., description="The prep job: a YAML path or an inline mapping.")
+    train: str | dict[str, Any] = Field(..., description="The train job: a YAML path or an inline mapping.")
+    serve: str | dict[str, Any] | None = Field(None, description="The serve job (YAML path or mapping); none: stop after training.")
+    smoke_test: SmokeTest = Field(default_factory=SmokeTest, description="The final completion.")
+    force: list[Literal["prep", "train", "serve"]] = Field(
+        default_factory=list, description="Stages to rerun even when their outputs are up to date.")
+    job_timeout_s: float = Field(3600, gt=0, description="Longest a single stage may run.")
+
+    path_fields: ClassVar[tuple[str, ...]] = ("corpus.output",)
+
+    def resource_request(self) -> list[Bundle]:
+        return [Bundle(num_cpus=1, what="pipeline driver")]
+
+    def resolve_paths(self, base: Path) -> None:
+        super().resolve_paths(base)
+        for stage in STAGES:
+            val = getattr(self, stage)
+            if isinstance(val, str):
+                setattr(self, stage, resolve_path(val, base))
+            elif isinstance(val, dict) and BASE_KEY not in val:
+                setattr(self, stage, {**val, BASE_KEY: str(base)})
+
+    def stage_data(self, stage: str) -> tuple[dict, Path]:
+        """The stage's raw mapping and the folder its relative paths resolve from."""
+        val = getattr(self, stage)
+        if isinstance(val, str):
+            data, _ = read_yaml(val)
+            return data, Path(val).parent
+        data = copy.deepcopy(val)
+        return data, Path(data.pop(BASE_KEY))
+
+    def stage_job(self, stage: str, links: dict[str, str]) -> JobBase:
+        """Validates one stage with the pipeline's cluster, name and links to upstream outputs."""
+        data, base = self.stage_data(stage)
+        data.setdefault("name", f"{self.name}-{stage}")
+        if self.cluster:
+            data["cluster"] = self.cluster
+        if stage == "train" and "prep_output" in links:
+            data.setdefault("data", {}).setdefault("prep_uri", links["prep_output"])
+        if stage == "serve" and "export_dir" in links:
+            for m in data.get("models") or []:
+                if isinstance(m, dict):
+                    m.setdefault("source", links["export_dir"])
+        return load_job_data(data, f"{self.name}:{stage}", base, expect_kind=stage)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineJob:
+    """Loads a pipeline, inlining file stages first so --set can reach into them."""
+    data, text = read_yaml(path)
+    for stage in STAGES:
+        val = data.get(stage)
+        if isinstance(val, str):
+            p = Path(resolve_path(val, Path(path).resolve().parent))
+            inner, _ = read_yaml(p)
+            data[stage] = {**inner, BASE_KEY: str(p.parent)}
+    for o in overrides or []:
+        set_override(data, o)
+    job = load_job_data(data, str(path), Path(path).resolve().parent, text, expect_kind="pipeline")
+    assert isinstance(job, PipelineJob)
+    return job

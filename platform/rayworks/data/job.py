@@ -1,0 +1,316 @@
+"""The prep job runner: plan -> clean -> dedup -> tokenizer -> pack -> manifest.
+
+Each stage runs over work units and leaves one completion marker per unit under
+``{output}/_work/`` (written atomically, after the unit's data), so a rerun of the
+same config over the same inputs redoes only the units without a marker. The
+manifest is written last; once it exists the output is complete and a rerun returns
+at once. Run it with ``python jobs/prep.py --config jobs/configs/prep.yaml`` or
+``rayworks submit jobs/configs/prep.yaml``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from rayworks.config.base import config_hash
+from rayworks.config.prep import PrepJob
+from rayworks.data import storage
+from rayworks.data.execute import Progress, count_drops, count_tokens, run_units
+from rayworks.data.inputs import expand_inputs, plan_units
+from rayworks.data.manifest import MANIFEST, versions
+from rayworks.errors import ConfigError, RayworksError
+
+
+class BadInputError(RayworksError):
+    """An input file is corrupt and ``on_bad_file`` is ``fail``."""
+
+
+def manifest_config(job: PrepJob) -> dict:
+    """The resolved config as recorded in the manifest: everything but ``execution``."""
+    cfg = job.model_dump(mode="json")
+    cfg.pop("execution")
+    return cfg
+
+
+def _num_workers(job: PrepJob) -> int:
+    if job.execution.num_workers:
+        return job.execution.num_workers
+    import ray
+
+    return max(1, min(64, int(ray.cluster_resources().get("CPU", 1) // job.execution.num_cpus_per_worker)))
+
+
+def _pending(markers: list[str]) -> list[int]:
+    return [i for i, m in enumerate(markers) if not storage.exists(m)]
+
+
+def run(job: PrepJob) -> dict:
+    """Runs (or resumes) a prep job; returns the manifest."""
+    t_start = time.time()
+    files = expand_inputs(job.inputs)  # a missing path or empty glob fails here, before any work
+    if job.tokenizer.path:
+        from pathlib import Path
+
+        if "://" in job.tokenizer.path or not (Path(job.tokenizer.path) / "tokenizer.json").is_file():
+            raise ConfigError(f"tokenizer.path: {job.tokenizer.path} is not a local tokenizer directory with "
+                              "tokenizer.json; unset it to train one")
+    out = job.output()
+    cfg = manifest_config(job)
+    chash = config_hash(cfg)
+    units = plan_units(files, max(1, int(job.unit_mb * 1e6)))
+    print(f"[prep] {job.name}: {len(files)} input files, {sum(f['size_bytes'] for f in files) / 1e6:,.1f} MB, "
+          f"{len(units)} units -> {out}", flush=True)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    workers, cpus = _num_workers(job), job.execution.num_cpus_per_worker
+    work = storage.join(out, "_work")
+
+    # Input hashes: for the manifest, and to tell a resumable run from a changed input.
+    groups = [{"paths": sorted({files[p["file"]]["path"] for p in u["parts"]})} for u in units]
+    shas: dict[str, str] = {}
+    for r in run_units(_hash_files, groups, workers, cpus):
+        shas.update(r)
+    inputs = [{"path": f["path"], "size_bytes": f["size_bytes"], "sha256": shas[f["path"]]} for f in files]
+    plan = {"config_hash": chash, "inputs": inputs, "num_units": len(units)}
+
+    mpath = storage.join(out, MANIFEST)
+    if storage.exists(mpath):
+        m = storage.read_json(mpath)
+        if m.get("config_hash") == chash and m.get("inputs") == inputs:
+            print(f"[prep] {out} is already complete for this config and these inputs; nothing to do")
+            _print_where(out, m)
+            return m
+        print(f"[prep] {out} holds the output of another config or other inputs; rebuilding it", flush=True)
+        _wipe(out)
+    elif storage.exists(storage.join(work, "plan.json")):
+        if storage.read_json(storage.join(work, "plan.json")) != plan:
+            print("[prep] the config or inputs changed since the interrupted run; starting over", flush=True)
+            _wipe(out)
+    storage.write_json(storage.join(work, "plan.json"), plan)
+
+    stats = _clean_stage(job, files, units, work, workers, cpus)
+    bucket_paths = _dedup_stage(job, units, work, workers, cpus)
+    tok_entry, tok_json = _tokenizer_stage(job, units, work, out, stats, workers, cpus)
+    packed = _pack_stage(job, units, work, out, bucket_paths, tok_entry, tok_json, workers, cpus)
+    manifest = _finalize(job, cfg, chash, inputs, stats, packed, tok_entry, units, work, out)
+    if not job.keep_work:
+        storage.delete_dir(work)
+    print(f"[prep] done in {time.time() - t_start:,.1f}s: {manifest['counts']['documents_kept']:,} documents, "
+          f"{manifest['counts']['tokens']:,} tokens, {manifest['counts']['sequences']:,} sequences of {job.seq_len}")
+    _print_where(out, manifest)
+    return manifest
+
+
+def _print_where(out: str, m: dict) -> None:
+    n = {s: len(v["shards"]) for s, v in m["splits"].items()}
+    print(f"[prep] output:   {out}  (train: {n.get('train', 0)} shards, val: {n.get('val', 0)} shards, tokenizer/)")
+    print(f"[prep] manifest: {storage.join(out, MANIFEST)}", flush=True)
+
+
+def _wipe(out: str) -> None:
+    """Removes what a prep run writes (and nothing else the folder may hold)."""
+    for d in ("_work", "train", "val", "tokenizer"):
+        storage.delete_dir(storage.join(out, d))
+    storage.delete_file(storage.join(out, MANIFEST))
+
+
+def _hash_files(paths: list[str]) -> dict[str, str]:
+    return {p: storage.sha256_file(p) for p in paths}
+
+
+def _clean_stage(job, files, units, work, workers, cpus) -> list[dict]:
+    """Reads and cleans every unit; settles bad files (fail, or skip them everywhere)."""
+    markers = [storage.join(work, "clean", f"u-{u['unit']:05d}.json") for u in units]
+    unit_files = [{files[p["file"]]["path"] for p in u["parts"]} for u in units]
+    clean_cfg = job.clean.model_dump()
+    for _round in range(3):  # a bad file found in one range of a big file re-runs its other ranges once
+        done = {i: storage.read_json(m) for i, m in enumerate(markers) if storage.exists(m)}
+        bad = {b["path"]: b["error"] for i in sorted(done) for b in done[i]["bad_files"]}
+        if bad and job.on_bad_file == "fail":
+            _fail_bad(bad)
+        todo = [i for i in range(len(units)) if i not in done
+                or set(done[i]["excluded"]) | {b["path"] for b in done[i]["bad_files"]} != unit_files[i] & set(bad)]
+        if not todo:
+            return [done[i] for i in range(len(units))]
+        prog = Progress(job.name, "clean", len(units), len(units) - len(todo))
+        items = [{"unit": units[i], "excluded": sorted(unit_files[i] & set(bad)), "out_path":
+                  storage.join(work, "clean", f"u-{i:05d}.parquet"), "marker": markers[i]} for i in todo]
+        for r in run_units(_clean_and_mark, items, workers, cpus, files=files, clean_cfg=clean_cfg):
+            prog.unit_done(docs=r["documents_read"], nbytes=r["bytes_read"])
+            count_drops(job.name, r["dropped"])
+            if r["bad_files"] and job.on_bad_file == "fail":
+                _fail_bad({b["path"]: b["error"] for b in r["bad_files"]})
+            for b in r["bad_files"]:
+                print(f"[prep] skipping bad input {b['path']}: {b['error']}", flush=True)
+    raise RuntimeError("bad-file handling did not settle after 3 rounds")  # internal invariant
+
+
+def _clean_and_mark(unit, excluded, out_path, marker, files, clean_cfg) -> dict:
+    from rayworks.data.clean import clean_unit
+
+    r = clean_unit(unit, files, clean_cfg, excluded, out_path)
+    storage.write_json(marker, r)
+    return r
+
+
+def _fail_bad(bad: dict[str, str]) -> None:
+    lines = "; ".join(f"{p}: {e}" for p, e in sorted(bad.items()))
+    raise BadInputError(f"corrupt input file(s): {lines}. Fix or remove them, or set on_bad_file: skip "
+                        "to skip them (they are then listed in the manifest)")
+
+
+def _dedup_stage(job, units, work, workers, cpus) -> list[str]:
+    if not job.dedup:
+        return []
+    nb = max(1, min(64, len(units)))
+    paths = [storage.join(work, "dedup", f"b-{b:03d}.parquet") for b in range(nb)]
+    markers = [storage.join(work, "dedup", f"b-{b:03d}.json") for b in range(nb)]
+    todo = _pending(markers)
+    prog = Progress(job.name, "dedup", nb, nb - len(todo))
+    unit_paths = [storage.join(work, "clean", f"u-{u['unit']:05d}.parquet") for u in units]
+    items = [{"bucket": b, "num_buckets": nb, "unit_paths": unit_paths, "out_path": paths[b],
+              "marker": markers[b]} for b in todo]
+    for r in run_units(_dedup_and_mark, items, workers, cpus):
+        prog.unit_done()
+        count_drops(job.name, {"duplicate": r["duplicates"]})
+    return paths
+
+
+def _dedup_and_mark(bucket, num_buckets, unit_paths, out_path, marker) -> dict:
+    from rayworks.data.dedup import dedup_bucket
+
+    r = dedup_bucket(bucket, num_buckets, unit_paths, out_path)
+    storage.write_json(marker, r)
+    return r
+
+
+def _tokenizer_stage(job, units, work, out, stats, workers, cpus) -> tuple[dict, bytes]:
+    """Loads or trains the tokenizer once and saves it into the output."""
+    from rayworks.data import tokenizer as tk
+
+    marker = storage.join(work, "tokenizer.json")
+    tok_dir = storage.join(out, "tokenizer")
+    if not storage.exists(marker):
+        tcfg = job.tokenizer.model_dump()
+        if job.tokenizer.path:
+            tok = tk.load_tokenizer(job.tokenizer.path, tcfg)
+        else:
+            t0 = time.time()
+            total_chars = sum(s["chars_kept"] for s in stats)
+            threshold = min(1.0, job.tokenizer.sample_mb * 1e6 / max(total_chars, 1))
+            items = [{"path": storage.join(work, "clean", f"u-{u['unit']:05d}.parquet")} for u in units]
+            rows: dict[str, tuple[int, str]] = {}
+            for r in run_units(_sample, items, workers, cpus, threshold=threshold, seed=job.seed):
+                for key, h, text in r:  # copies share a hash: keep the first in input order
+                    if h not in rows or key < rows[h][0]:
+                        rows[h] = (key, text)
+            sample = [t for _, t in sorted(rows.values())]
+            if not sample:
+                raise ConfigError("no documents survived cleaning, so there is nothing to train a tokenizer on; "
+                                  "check the inputs and clean.min_chars/max_chars")
+            print(f"[prep] training a {job.tokenizer.vocab_size}-token byte-level BPE on {len(sample):,} documents "
+                  f"({sum(map(len, sample)) / 1e6:,.1f} M chars)", flush=True)
+            tok = tk.train_tokenizer(sample, tcfg)
+            print(f"[prep] tokenizer trained in {time.time() - t0:,.1f}s", flush=True)
+        entry = tk.save_tokenizer(tok, tok_dir)
+        storage.write_json(marker, entry)
+    entry = storage.read_json(marker)
+    return entry, storage.read_bytes(storage.join(tok_dir, "tokenizer.json"))
+
+
+def _sample(path: str, threshold: float, seed: int) -> list:
+    from rayworks.data.clean import sample_unit
+
+    return [[k, h.hex(), t] for k, h, t in sample_unit(path, threshold, seed)]
+
+
+def _pack_stage(job, units, work, out, bucket_paths, tok, tok_json, workers, cpus) -> list[dict]:
+    markers = [storage.join(work, "pack", f"u-{u['unit']:05d}.json") for u in units]
+    todo = _pending(markers)
+    prog = Progress(job.name, "pack", len(units), len(units) - len(todo))
+    items = [{"unit": i, "docs_path": storage.join(work, "clean", f"u-{i:05d}.parquet"),
+              "counts_path": storage.join(work, "pack", f"u-{i:05d}.counts"), "marker": markers[i]} for i in todo]
+    for r in run_units(_pack_and_mark, items, workers, cpus, bucket_paths=bucket_paths, tokenizer_json=tok_json,
+                       eos_id=tok["eos_token_id"], vocab_size=tok["vocab_size"], seq_len=job.seq_len,
+                       val_fraction=job.val_fraction, seed=job.seed, out_uri=out):
+        sp = r["splits"]
+        prog.unit_done(docs=sum(s["documents"] for s in sp.values()), tokens=sum(s["tokens"] for s in sp.values()))
+        for name, s in sp.items():
+            count_tokens(job.name, name, s["tokens"], s["rows"])
+    return [storage.read_json(m) for m in markers]
+
+
+def _pack_and_mark(unit, docs_path, counts_path, marker, **kw) -> dict:
+    from rayworks.data.pack import pack_unit
+
+    r = pack_unit(unit, docs_path, counts_path=counts_path, **kw)
+    storage.write_json(marker, r)
+    return r
+
+
+def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> dict:
+    """Packs the units' tails into the last shard, then writes the manifest (last)."""
+    from rayworks.data.pack import SPLITS, entropy_nats, write_shard
+
+    seq_len = job.seq_len
+    counts = np.zeros(tok["vocab_size"], dtype=np.int64)
+    for u in units:
+        counts += np.frombuffer(storage.read_bytes(storage.join(work, "pack", f"u-{u['unit']:05d}.counts")),
+                                dtype=np.int64)
+    splits, remainder = {}, {}
+    for split in SPLITS:
+        shards = [{"name": f"{split}/part-{p['unit']:05d}.parquet", "rows": p["splits"][split]["rows"],
+                   "sha256": p["splits"][split]["sha256"]} for p in packed if p["splits"][split]["rows"]]
+        tail = np.array([t for p in packed for t in p["splits"][split]["tail"]], dtype=np.int32)
+        n = len(tail) // seq_len
+        if n:
+            name = f"{split}/part-{len(units):05d}.parquet"
+            shards.append({"name": name, **write_shard(storage.join(out, name), tail[: n * seq_len], seq_len)})
+            if split == "train":
+                counts += np.bincount(tail[: n * seq_len], minlength=len(counts))[: len(counts)]
+            count_tokens(job.name, split, 0, n)
+        remainder[split] = int(len(tail) - n * seq_len)
+        rows = sum(s["rows"] for s in shards)
+        splits[split] = {"shards": shards, "num_sequences": rows, "num_tokens": rows * seq_len,
+                         "documents": sum(p["splits"][split]["documents"] for p in packed)}
+        if rows == 0:
+            print(f"[prep] warning: the {split} split has no full sequence of {seq_len} tokens; add data, "
+                  f"lower seq_len or {'raise' if split == 'val' else 'lower'} val_fraction", flush=True)
+    dropped: dict[str, int] = {}
+    for s in stats:
+        for k, v in s["dropped"].items():
+            dropped[k] = dropped.get(k, 0) + v
+    skipped: dict[str, str] = {}
+    for s in stats:
+        for b in s["bad_files"]:
+            skipped.setdefault(b["path"], b["error"])
+    duplicates = sum(p["duplicates_dropped"] for p in packed)
+    tokens = sum(p["splits"][s]["tokens"] for p in packed for s in SPLITS)
+    counts_out = {
+        "documents_read": sum(s["documents_read"] for s in stats),
+        "documents_kept": sum(splits[s]["documents"] for s in SPLITS),
+        "dropped": dict(sorted(dropped.items())),
+        "duplicates": duplicates,
+        "replaced_undecodable": sum(s["replaced_undecodable"] for s in stats),
+        "bytes_read": sum(s["bytes_read"] for s in stats),
+        "tokens": tokens,
+        "tokens_dropped_remainder": sum(remainder.values()),
+        "sequences": sum(splits[s]["num_sequences"] for s in SPLITS),
+    }
+    manifest = {
+        "kind": "prep", "name": job.name, "config": cfg, "config_hash": chash, "inputs": inputs,
+        "counts": counts_out, "seq_len": seq_len,
+        "tokenizer": {k: tok[k] for k in ("dir", "sha256", "vocab_size", "eos_token_id", "pad_token_id",
+                                          "eos_token", "pad_token", "files")},
+        "splits": splits, "num_units": len(units),
+        "unigram_entropy_nats": round(entropy_nats(counts), 12),
+        "skipped_files": [{"path": p, "error": e} for p, e in sorted(skipped.items())],
+        "versions": versions(),
+    }
+    storage.write_json(storage.join(out, MANIFEST), manifest)
+    return manifest

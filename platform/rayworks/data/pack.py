@@ -1,0 +1,94 @@
+"""Tokenize and pack one unit into fixed-length rows, split into train and val.
+
+Within a unit the documents keep input order; each is followed by the end-of-text
+token and the stream is cut into rows of ``seq_len``. What is left over at the end
+of a unit (fewer than ``seq_len`` tokens) is returned as its *tail*; the job packs
+all tails, in unit order, into one last shard. So every token but the final
+remainder lands in a row, and the result depends only on the data and the unit
+layout, not on which worker ran which unit or when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+
+from rayworks.data import storage
+from rayworks.data.clean import score
+from rayworks.data.dedup import dropped_keys_for_unit
+
+ENCODE_BATCH = 1024
+SPLITS = ("train", "val")
+
+
+def rows_table(flat: np.ndarray, seq_len: int):
+    """A one-column table ``input_ids: fixed_size_list<int32>[seq_len]`` from a flat token array."""
+    import pyarrow as pa
+
+    values = pa.array(np.ascontiguousarray(flat, dtype=np.int32), pa.int32())
+    return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(values, seq_len)})
+
+
+def write_shard(uri: str, flat: np.ndarray, seq_len: int) -> dict:
+    """Writes rows to a Parquet shard (atomically); returns rows and the file's sha256."""
+    data = storage.table_to_parquet_bytes(rows_table(flat, seq_len), row_group_rows=1024, compression="zstd")
+    storage.write_bytes(uri, data)
+    return {"rows": len(flat) // seq_len, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def encode_stream(tok, texts: list[str], eos_id: int) -> np.ndarray:
+    """Token ids of ``texts``, each followed by ``eos_id``, as one int32 array."""
+    parts = []
+    eos = np.array([eos_id], dtype=np.int32)
+    for i in range(0, len(texts), ENCODE_BATCH):
+        for enc in tok.encode_batch_fast(texts[i:i + ENCODE_BATCH], add_special_tokens=False):
+            parts.append(np.asarray(enc.ids, dtype=np.int32))
+            parts.append(eos)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def pack_unit(unit: int, docs_path: str, bucket_paths: list[str], tokenizer_json: bytes, eos_id: int,
+              vocab_size: int, seq_len: int, val_fraction: float, seed: int, out_uri: str,
+              counts_path: str) -> dict:
+    """Tokenizes, splits and packs one unit; writes its shards and train token counts."""
+    from rayworks.data.tokenizer import backend
+
+    t = storage.read_parquet(docs_path)
+    keys = t.column("key").to_pylist()
+    hashes = t.column("hash").to_pylist()
+    texts = t.column("text").to_pylist()
+    dropped = dropped_keys_for_unit(unit, bucket_paths) if bucket_paths else set()
+    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for k, h, text in zip(keys, hashes, texts):
+        if k in dropped:
+            continue
+        split = "val" if score(h, b"split", seed) < val_fraction else "train"
+        by_split[split].append(text)
+    tok = backend(tokenizer_json)
+    result = {"unit": unit, "duplicates_dropped": len(dropped), "splits": {}}
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for split in SPLITS:
+        flat = encode_stream(tok, by_split[split], eos_id)
+        n_rows = len(flat) // seq_len
+        entry = {"documents": len(by_split[split]), "tokens": int(len(flat)),
+                 "tail": flat[n_rows * seq_len:].tolist(), "rows": n_rows, "sha256": None}
+        if n_rows:
+            body = flat[: n_rows * seq_len]
+            entry.update(write_shard(storage.join(out_uri, split, f"part-{unit:05d}.parquet"), body, seq_len))
+            if split == "train":
+                counts += np.bincount(body, minlength=vocab_size)[:vocab_size]
+        result["splits"][split] = entry
+    storage.write_bytes(counts_path, counts.tobytes())
+    return result
+
+
+def entropy_nats(counts: np.ndarray) -> float:
+    """Entropy (nats) of the unigram distribution given by integer counts (order-independent)."""
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    nz = counts[counts > 0].astype(np.float64)
+    p = nz / total
+    return float(-math.fsum((p * np.log(p)).tolist()))

@@ -1,0 +1,199 @@
+"""Runs a pipeline: corpus -> prep -> train -> serve as separate Ray jobs, then one completion.
+
+Used by `rayworks run` (from this machine) and by `jobs/pipeline.py` (as one Ray job).
+A stage is skipped when its record says it ran with the identical resolved config and
+the identical upstream manifest, and its output manifest is still there unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from rayworks.config.base import config_hash
+from rayworks.config.cluster import ClusterSpec
+from rayworks.config.pipeline import STAGES, PipelineJob
+from rayworks.errors import JobFailedError
+from rayworks.storage import read_bytes, sha256_bytes, write_bytes
+
+
+def _say(msg: str) -> None:
+    print(f"[rayworks] {msg}", flush=True)
+
+
+def stage_outputs(stage: str, job, spec: ClusterSpec) -> dict[str, str]:
+    """Where a stage's manifest (and, for train, the export) lands."""
+    if stage == "prep":
+        out = job.output()
+        return {"output": out, "manifest": f"{out}/manifest.json"}
+    if stage == "train":
+        out = job.output_uri(spec)
+        return {"output": out, "manifest": f"{out}/manifest.json", "export_dir": f"{out}/export",
+                "export_manifest": f"{out}/export/rayworks_export.json"}
+    from rayworks.serve.manifest import manifest_uri
+
+    return {"output": manifest_uri(spec.storage.uri, job.name).rsplit("/", 1)[0],
+            "manifest": manifest_uri(spec.storage.uri, job.name)}
+
+
+def record_uri(job: PipelineJob, spec: ClusterSpec, stage: str) -> str:
+    return f"{spec.storage.uri.rstrip('/')}/pipeline/{job.name}/stages/{stage}.json"
+
+
+def _up_to_date(rec_uri: str, key: str, manifest_uri: str) -> dict | None:
+    raw = read_bytes(rec_uri)
+    if raw is None:
+        return None
+    rec = json.loads(raw)
+    man = read_bytes(manifest_uri)
+    if rec.get("key") != key or man is None or sha256_bytes(man) != rec.get("manifest_sha256"):
+        return None
+    return rec
+
+
+def serve_endpoint(job, spec: ClusterSpec) -> tuple[str, str | None, str | None]:
+    """(base URL of the API, the key's env var name, one key) for a serve job."""
+    host = job.http.host or spec.serve.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    port = job.http.port or spec.serve.port
+    base = f"http://{host}:{port}{job.http.route_prefix.rstrip('/')}"
+    key = None
+    if job.auth.api_keys_env:
+        key = (os.environ.get(job.auth.api_keys_env) or "").split(",")[0].strip() or None
+    elif job.auth.api_keys_file and os.path.isfile(job.auth.api_keys_file):
+        lines = [ln.strip() for ln in open(job.auth.api_keys_file) if ln.strip()]
+        key = lines[0] if lines else None
+    return base, job.auth.api_keys_env, key
+
+
+def _healthy(job, spec: ClusterSpec) -> bool:
+    import requests
+
+    base, _, key = serve_endpoint(job, spec)
+    try:
+        r = requests.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=5)
+        return r.status_code == 200 and any(m["id"] == job.models[0].id for m in r.json().get("data", []))
+    except Exception:  # noqa: BLE001 - any failure means "redeploy"
+        return False
+
+
+def smoke_test(job, spec: ClusterSpec, pipe: PipelineJob) -> str:
+    """Sends one real completion over HTTP and returns its text."""
+    import requests
+
+    base, _, key = serve_endpoint(job, spec)
+    body = {"model": job.models[0].id, "prompt": pipe.smoke_test.prompt,
+            "max_tokens": pipe.smoke_test.max_tokens, "temperature": 0}
+    deadline = time.time() + pipe.smoke_test.timeout_s
+    last = None
+    while time.time() < deadline:
+        try:
+            r = requests.post(f"{base}/v1/completions", json=body, timeout=60,
+                              headers={"Authorization": f"Bearer {key}"} if key else {})
+            if r.status_code == 200:
+                return r.json()["choices"][0]["text"]
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
+        except requests.RequestException as exc:
+            last = str(exc)
+        time.sleep(2)
+    raise JobFailedError(f"the served model did not answer the smoke-test completion at {base}: {last}")
+
+
+def build_corpus(pipe: PipelineJob) -> None:
+    from pathlib import Path
+
+    c = pipe.corpus
+    if c is None:
+        return
+    out = Path(c.output)
+    if out.is_dir() and any(out.iterdir()):
+        _say(f"corpus: {out} already built, skipped")
+        return
+    from rayworks.data.corpus import build_python_docs
+
+    _say(f"corpus: building {c.source} into {out}")
+    build_python_docs(out, size_mb=c.size_mb)
+
+
+def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, follow: bool = True) -> dict:
+    """Runs the pipeline; returns a summary (stage -> ran/skipped, outputs, smoke-test text)."""
+    from rayworks.submit import submit_job
+
+    spec = pipe.cluster_spec()
+    if bring_up and spec.provider.type == "local" and address is None:
+        from rayworks.cluster import local
+
+        local.up(spec)
+    build_corpus(pipe)
+    links: dict[str, str] = {}
+    upstream_sha = ""
+    summary: dict = {"stages": {}, "dashboard_url": address or spec.dashboard_url}
+    jobs = {}
+    for stage in STAGES:
+        if stage == "serve" and pipe.serve is None:
+            break
+        job = pipe.stage_job(stage, links)
+        from rayworks.preflight import preflight
+
+        preflight(job, spec)
+        jobs[stage] = job
+        outs = stage_outputs(stage, job, spec)
+        key = config_hash({"config": job.model_dump(mode="json"), "upstream_sha256": upstream_sha})
+        rec_uri = record_uri(pipe, spec, stage)
+        rec = None if stage in pipe.force else _up_to_date(rec_uri, key, outs["manifest"])
+        if rec and stage == "serve" and not _healthy(job, spec):
+            rec = None
+        if rec:
+            _say(f"{stage}: skipped, up to date (same config and inputs; output {outs['output']})")
+            status = "skipped"
+        else:
+            _say(f"{stage}: submitting job {job.name!r}")
+            t0 = time.time()
+            job_id = submit_job(job, spec, address=address, follow=follow, wait=True, timeout_s=pipe.job_timeout_s)
+            man = read_bytes(outs["manifest"])
+            if man is None:
+                raise JobFailedError(f"{stage} job {job_id} succeeded but wrote no manifest at {outs['manifest']}")
+            rec = {"stage": stage, "key": key, "job_id": job_id, "manifest": outs["manifest"],
+                   "manifest_sha256": sha256_bytes(man), "upstream_sha256": upstream_sha,
+                   "seconds": round(time.time() - t0, 1)}
+            write_bytes(rec_uri, json.dumps(rec, indent=2, sort_keys=True).encode())
+            _say(f"{stage}: done in {rec['seconds']:.0f}s -> {outs['output']}")
+            status = "ran"
+        summary["stages"][stage] = {"status": status, **outs, "manifest_sha256": rec["manifest_sha256"]}
+        if stage == "prep":
+            links["prep_output"] = outs["output"]
+            upstream_sha = rec["manifest_sha256"]
+        elif stage == "train":
+            links["export_dir"] = outs["export_dir"]
+            exp = read_bytes(outs["export_manifest"])
+            upstream_sha = sha256_bytes(exp) if exp is not None else rec["manifest_sha256"]
+    if "serve" in jobs:
+        base, key_env, _ = serve_endpoint(jobs["serve"], spec)
+        summary["api_url"] = f"{base}/v1"
+        summary["model_id"] = jobs["serve"].models[0].id
+        summary["key_env"] = key_env
+        if pipe.smoke_test.enabled:
+            summary["smoke_text"] = smoke_test(jobs["serve"], spec, pipe)
+    print_summary(summary, pipe)
+    return summary
+
+
+def print_summary(s: dict, pipe: PipelineJob) -> None:
+    print("", flush=True)
+    _say(f"pipeline {pipe.name!r} finished")
+    for stage, info in s["stages"].items():
+        print(f"  {stage:<6} {info['status']:<8} {info['output']}")
+    print(f"  dashboard: {s['dashboard_url']}")
+    if "api_url" not in s:
+        return
+    key = f"${s['key_env']}" if s.get("key_env") else "<your key>"
+    print(f"  API:       {s['api_url']}   (model {s['model_id']!r})")
+    if "smoke_text" in s:
+        print(f"  smoke test: {pipe.smoke_test.prompt!r} -> {s['smoke_text']!r}")
+    print("\n  try it:")
+    print(f"    curl {s['api_url']}/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\")
+    print(f"      -d '{{\"model\": \"{s['model_id']}\", \"prompt\": \"def \", \"max_tokens\": 32}}'")
+    env = s.get("key_env") or "API_KEY"
+    print(f"    python -c \"import os, openai; c = openai.OpenAI(base_url='{s['api_url']}', api_key=os.environ['{env}']); "
+          f"print(c.completions.create(model='{s['model_id']}', prompt='def ', max_tokens=32).choices[0].text)\"")

@@ -1,0 +1,90 @@
+"""`rayworks serve ...`: roll out new weights, render the deployment for other routes.
+
+    rayworks serve update --model tiny --source artifacts/train/v2/export
+    rayworks serve render jobs/configs/serve.yaml --target serve     # a `serve deploy` file
+    rayworks serve render jobs/configs/serve.yaml --target kuberay   # a KubeRay RayService
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def cmd_update(a) -> int:
+    from rayworks.serve.rollout import update
+
+    update(a.model, a.source, cluster=a.cluster, name=a.name, wait=not a.no_wait)
+    return 0
+
+
+def cmd_render(a) -> int:
+    import yaml
+
+    from rayworks.config.cluster import load_cluster_spec
+    from rayworks.config.jobs import load_job
+    from rayworks.serve.render import serve_app_config
+
+    job = load_job(a.job, a.set, expect_kind="serve")
+    spec = load_cluster_spec(a.cluster or job.cluster)
+    cfg = serve_app_config(job, spec)
+    if a.target == "kuberay":
+        from rayworks.cluster.kuberay import rayservice
+
+        # In a pod, Serve's proxy must listen on the pod's interfaces: let the renderer choose.
+        cfg.pop("http_options", None)
+        doc = rayservice(spec, job.serve_app_name, cfg)
+    else:
+        doc = cfg
+    head = (f"# rendered by `rayworks serve render {a.job} --target {a.target}`; API keys are read from "
+            f"{'env var ' + job.auth.api_keys_env if job.auth.api_keys_env else job.auth.api_keys_file or 'nowhere'}"
+            " on the cluster, never stored here\n")
+    text = head + yaml.safe_dump(doc, sort_keys=False)
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_keygen(a) -> int:
+    import os
+    import secrets
+
+    p = Path(a.file).expanduser()
+    if p.exists() and not a.force:
+        print(f"{p} exists; keeping it (--force makes a new key)")
+        return 0
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"rw-{secrets.token_urlsafe(32)}\n")
+    print(f"wrote a new API key to {p} (mode 0600); clients send it as 'Authorization: Bearer <key>'")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serving: roll out new weights, render Serve/KubeRay configs")
+    ss = p.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
+
+    u = ss.add_parser("update", help="replace a served model's weights with zero dropped requests")
+    u.add_argument("--model", required=True, help="model id in the serve job")
+    u.add_argument("--source", required=True, help="new export dir or s3:// / gs:// URI")
+    u.add_argument("--name", help="serve job name (default: the only one deployed)")
+    u.add_argument("--cluster", help="cluster spec YAML (default: cluster/local.yaml)")
+    u.add_argument("--no-wait", action="store_true", help="return after submitting")
+    u.set_defaults(func=cmd_update)
+
+    r = ss.add_parser("render", help="render a serve job for `serve deploy` or KubeRay")
+    r.add_argument("job", help="serve job YAML")
+    r.add_argument("--target", choices=["serve", "kuberay"], default="serve")
+    r.add_argument("--cluster", help="cluster spec YAML (default: the job's)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("-o", "--out", help="write to this file instead of stdout")
+    r.set_defaults(func=cmd_render)
+
+    k = ss.add_parser("keygen", help="write a random API key file for auth.api_keys_file (mode 0600)")
+    k.add_argument("--file", default="~/.rayworks/serve_api_keys")
+    k.add_argument("--force", action="store_true", help="replace an existing file")
+    k.set_defaults(func=cmd_keygen)

@@ -1,0 +1,115 @@
+"""The serve job's runner: deploy (or update) the app, wait until healthy, exit.
+
+Runs as a Ray job on the cluster (``jobs/serve.py``). It deploys exactly
+``render.app_args(job)`` through ``rayworks.serve.app:build_app`` under the job's
+app name; submitting again with a changed source is a rolling update of that app
+(old replicas serve until new ones are healthy, see ``rollout.max_surge_percent``).
+The app keeps running after the job exits. A manifest at
+``{storage}/serve/{name}/manifest.json`` records what was deployed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from rayworks.config.serve import ServeJob, check_local_source
+from rayworks.errors import ConfigError, RayworksError
+from rayworks.serve import manifest as mf
+from rayworks.serve import render
+
+
+class DeployError(RayworksError):
+    """The application did not become healthy."""
+
+    exit_code = 1
+
+
+def _check_on_cluster(job: ServeJob) -> None:
+    """What only the cluster side can see: sources on its disk, the key in its env."""
+    if job.auth.api_keys_env and not os.environ.get(job.auth.api_keys_env):
+        raise ConfigError(
+            f"auth.api_keys_env={job.auth.api_keys_env!r} is not set in the job's environment; list it under the "
+            "cluster spec's runtime_env.secret_env_vars and export it in the shell you submit from")
+    if job.auth.api_keys_file and not os.path.isfile(job.auth.api_keys_file):
+        raise ConfigError(f"auth.api_keys_file={job.auth.api_keys_file!r}: no such file on the cluster")
+    if not job.cluster_spec().storage.is_remote:
+        for m in job.models:
+            check_local_source(m)
+
+
+def _direct_streaming_env(args: dict) -> None:
+    """Direct streaming: the engine replica serves HTTP itself, so it needs our gate and its keys."""
+    import ray
+
+    os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    job_env = ray.get_runtime_context().runtime_env or {}
+    for cfg in args["llm_configs"]:
+        renv = cfg.setdefault("runtime_env", {})
+        for k in ("py_modules", "working_dir"):
+            if job_env.get(k):
+                renv[k] = job_env[k]
+        env = renv.setdefault("env_vars", {})
+        env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
+        name = args["auth"].get("api_keys_env")
+        if name:
+            env[name] = os.environ[name]
+
+
+def wait_healthy(app_name: str, timeout_s: float) -> dict:
+    """Polls Serve until the app is RUNNING; raises DeployError on DEPLOY_FAILED or timeout."""
+    from ray import serve
+
+    deadline = time.time() + timeout_s
+    last = None
+    while True:
+        st = serve.status().applications.get(app_name)
+        state = str(st.status) if st else "NOT_STARTED"
+        if state != last:
+            print(f"  app {app_name!r}: {state}", flush=True)
+            last = state
+        if st and st.status == "RUNNING":
+            return {n: str(d.status) for n, d in st.deployments.items()}
+        if st and st.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            details = "; ".join(f"{n}: {d.message[-400:]}" for n, d in st.deployments.items() if d.message)
+            raise DeployError(f"app {app_name!r} {st.status}: {st.message[-400:] or details}")
+        if time.time() > deadline:
+            raise DeployError(f"app {app_name!r} not healthy after {timeout_s:.0f}s (last state {state}); "
+                              "see the Serve page of the dashboard and the replica logs")
+        time.sleep(2.0)
+
+
+def run(job: ServeJob) -> dict:
+    """Deploys the job's app (a rolling update if it exists) and returns the manifest."""
+    _check_on_cluster(job)
+    spec = job.cluster_spec()
+    args = render.app_args(job)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    if job.performance.direct_streaming:
+        _direct_streaming_env(args)
+    from ray import serve
+
+    from rayworks.serve.app import build_app
+
+    host = job.http.host or spec.serve.host
+    port = job.http.port or spec.serve.port
+    serve.start(http_options={"host": host, "port": port})
+    existing = job.serve_app_name in serve.status().applications
+    print(f"{'updating' if existing else 'deploying'} app {job.serve_app_name!r}: "
+          + ", ".join(f"{m.id} <- {m.source}" for m in job.models), flush=True)
+    t0 = time.time()
+    serve._run(build_app(args), _blocking=False, name=job.serve_app_name, route_prefix=job.http.route_prefix)
+    deployments = wait_healthy(job.serve_app_name, job.deploy_timeout_s)
+    took = time.time() - t0
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{job.http.route_prefix.rstrip('/')}"
+    manifest = mf.build(job, render.serve_app_config(job, spec), url, deployments, took)
+    where = mf.write(job, manifest)
+    print(f"app {job.serve_app_name!r} healthy in {took:.0f}s", flush=True)
+    print(f"  OpenAI API: {url}/v1  (models: {', '.join(m.id for m in job.models)})", flush=True)
+    print(f"  health:     {url}/health", flush=True)
+    print(f"  manifest:   {where}", flush=True)
+    return manifest

@@ -1,0 +1,119 @@
+"""One serve job, three routes: the Ray job, a Serve config file, a KubeRay RayService.
+
+:func:`app_args` turns a :class:`ServeJob` into the ``args`` of
+``rayworks.serve.app:build_app`` (LLMConfig dicts plus the gate's settings);
+:func:`serve_app_config` wraps them into a Serve config (``serve deploy`` / KubeRay's
+``serveConfigV2``). The Ray job deploys exactly these args, so all routes serve the
+same thing. No key ever appears here: only the env var name or key file path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayworks.config.serve import ModelSpec, ServeJob
+
+IMPORT_PATH = "rayworks.serve.app:build_app"
+
+# Env vars that cut Ray Serve's per-request overhead; see rayworks.serve.job and the benchmark.
+# Cluster-level ones (read by the Serve controller/proxy at start) are not set per app.
+LLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+
+def llm_config(m: ModelSpec, job: ServeJob) -> dict[str, Any]:
+    """The Ray Serve LLM ``LLMConfig`` (as a dict) of one model."""
+    e = m.engine
+    engine: dict[str, Any] = {"max_model_len": e.max_model_len, "dtype": e.dtype,
+                              "tensor_parallel_size": e.tensor_parallel_size, "enforce_eager": e.enforce_eager}
+    if e.max_num_seqs:
+        engine["max_num_seqs"] = e.max_num_seqs
+    env = dict(LLM_ENV)
+    if m.on_cpu:
+        # On CPU vLLM sizes the KV cache from VLLM_CPU_KVCACHE_SPACE (GiB); the GPU fraction is meaningless.
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{e.cpu_kv_cache_gb:g}"
+        if e.tensor_parallel_size > 1:
+            engine["distributed_executor_backend"] = "mp"
+    else:
+        engine["gpu_memory_utilization"] = e.gpu_memory_fraction
+    engine.update(e.extra)
+
+    r = m.replicas
+    deployment: dict[str, Any] = {
+        "max_ongoing_requests": r.max_ongoing_requests,
+        # Start replacements before stopping old replicas: no gap in capacity during a rollout.
+        "max_surge_percent": job.rollout.max_surge_percent,
+        "graceful_shutdown_timeout_s": job.rollout.graceful_shutdown_timeout_s,
+    }
+    if r.autoscaling:
+        a = r.autoscaling
+        deployment["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                            "target_ongoing_requests": a.target_ongoing_requests}
+    else:
+        n = r.num_replicas or 1
+        deployment["autoscaling_config"] = {"min_replicas": n, "max_replicas": n,
+                                            "target_ongoing_requests": r.max_ongoing_requests}
+
+    if "://" in m.source:
+        source: Any = {"bucket_uri": m.source}
+    else:
+        source = m.source
+    cfg: dict[str, Any] = {
+        "model_loading_config": {"model_id": m.id, "model_source": source},
+        "engine_kwargs": engine,
+        "deployment_config": deployment,
+        "runtime_env": {"env_vars": env},
+        "log_engine_metrics": True,
+    }
+    if m.on_cpu:
+        # No GPU in the bundle makes Ray Serve LLM run the CPU engine (STACK.md pitfall 3).
+        cfg["placement_group_config"] = {"bundles": [{"CPU": m.num_cpus_per_replica}] * e.tensor_parallel_size}
+    else:
+        cfg["accelerator_type"] = m.accelerator
+    if job.performance.stream_batching_interval_ms is not None:
+        cfg["experimental_configs"] = {"stream_batching_interval_ms": job.performance.stream_batching_interval_ms}
+    return cfg
+
+
+def app_args(job: ServeJob) -> dict[str, Any]:
+    """The ``args`` of build_app for this job."""
+    n = job.performance.num_ingress_replicas
+    return {
+        "run": job.name,
+        "llm_configs": [llm_config(m, job) for m in job.models],
+        "models": {m.id: m.engine.max_model_len for m in job.models},
+        "auth": {"api_keys_env": job.auth.api_keys_env, "api_keys_file": job.auth.api_keys_file},
+        "direct_streaming": job.performance.direct_streaming,
+        "ingress": {"autoscaling_config": {"min_replicas": n, "max_replicas": n},
+                    "max_surge_percent": job.rollout.max_surge_percent,
+                    # The ingress only routes; a fraction of a CPU leaves room for engine replicas.
+                    "ray_actor_options": {"num_cpus": 0.5}},
+    }
+
+
+def serve_app_config(job: ServeJob, spec=None) -> dict[str, Any]:
+    """The Serve config (``serve deploy`` file, KubeRay ``serveConfigV2``) of a serve job.
+
+    Args:
+        job: the serve job.
+        spec: its cluster spec (default: ``job.cluster_spec()``), for the HTTP host/port.
+
+    Returns:
+        A dict valid against ``ray.serve.schema.ServeDeploySchema``.
+    """
+    spec = spec or job.cluster_spec()
+    host = job.http.host or spec.serve.host
+    port = job.http.port or spec.serve.port
+    env = dict(LLM_ENV)
+    if job.performance.direct_streaming:
+        env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [{
+            "name": job.serve_app_name,
+            "route_prefix": job.http.route_prefix,
+            "import_path": IMPORT_PATH,
+            "runtime_env": {"env_vars": env},
+            "args": app_args(job),
+        }],
+    }

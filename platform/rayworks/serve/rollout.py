@@ -1,0 +1,62 @@
+"""`rayworks serve update`: roll a served model onto new weights without dropping requests.
+
+The update is the serve job again, with one model's source replaced: the config comes
+from the last deploy's manifest, is re-validated and preflighted, and is submitted as
+a new serve job. Serve then replaces the model's replicas: with
+``rollout.max_surge_percent`` > 0 it starts the new ones first and stops the old
+ones only once the new ones are healthy, draining their in-flight requests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayworks.config.jobs import load_job_data
+from rayworks.config.serve import ServeJob
+from rayworks.errors import ConfigError
+from rayworks.serve import manifest as mf
+
+
+def pick_name(storage_uri: str, name: str | None) -> str:
+    """The serve job to update: the one given, or the only one deployed."""
+    if name:
+        return name
+    names = mf.list_names(storage_uri)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError(f"no serve job has been deployed under {storage_uri}/serve; deploy one first "
+                          "(`rayworks submit jobs/configs/serve.yaml`)")
+    raise ConfigError(f"several serve jobs are deployed ({', '.join(names)}); say which with --name")
+
+
+def updated_job(manifest: dict, model_id: str, source: str) -> ServeJob:
+    """The deployed job's config with ``model_id``'s source replaced (validated)."""
+    data = dict(manifest["config"])
+    ids = [m["id"] for m in data["models"]]
+    if model_id not in ids:
+        raise ConfigError(f"serve job {data['name']!r} serves no model {model_id!r}; models: {ids}")
+    src = source if "://" in source else str(Path(source).expanduser().resolve())
+    data["models"] = [{**m, "source": src} if m["id"] == model_id else m for m in data["models"]]
+    job = load_job_data(data, f"manifest of serve job {data['name']!r}", Path.cwd(), expect_kind="serve")
+    assert isinstance(job, ServeJob)
+    return job
+
+
+def update(model_id: str, source: str, cluster: str | None = None, name: str | None = None,
+           wait: bool = True, timeout_s: float | None = None) -> str:
+    """Redeploys the serve job with a new source for one model; returns the Ray job id."""
+    from rayworks.config.cluster import load_cluster_spec
+    from rayworks.preflight import preflight
+    from rayworks.submit import submit_job
+
+    spec = load_cluster_spec(cluster)
+    job_name = pick_name(spec.storage.uri, name)
+    manifest = mf.read(spec.storage.uri, job_name)
+    job = updated_job(manifest, model_id, source)
+    if cluster:
+        job.cluster = str(Path(cluster).resolve())
+    old = next(m["source"] for m in manifest["config"]["models"] if m["id"] == model_id)
+    print(f"updating model {model_id!r} of serve job {job_name!r}: {old} -> {job.model(model_id).source}")
+    preflight(job, spec)
+    return submit_job(job, spec, wait=wait, timeout_s=timeout_s)
