@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -35,27 +36,28 @@ def _sdk():
     try:
         from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
         from grafana_foundation_sdk.cog.encoder import JSONEncoder
-        from grafana_foundation_sdk.models.dashboard import DataSourceRef
+        from grafana_foundation_sdk.models import common as cm
+        from grafana_foundation_sdk.models import dashboard as dm
     except ImportError as exc:  # the dev extra
         raise SystemExit("grafana-foundation-sdk is missing: pip install -e '.[dev]' (or `make setup`)") from exc
-    return common, dashboard, prometheus, stat, timeseries, JSONEncoder, DataSourceRef
+    return SimpleNamespace(common=common, dashboard=dashboard, prometheus=prometheus, stat=stat,
+                           timeseries=timeseries, JSONEncoder=JSONEncoder, cm=cm, dm=dm)
 
 
 def _panel(p: Panel, sdk):
-    common, dashboard, prometheus, stat, timeseries, _, DataSourceRef = sdk
-    ds = DataSourceRef(type_val="prometheus", uid=DS_UID)
+    ds = sdk.dm.DataSourceRef(type_val="prometheus", uid=DS_UID)
     if p.kind == "stat":
-        b = (stat.Panel().graph_mode(common.BigValueGraphMode.AREA)
-             .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"])))
+        b = (sdk.stat.Panel().graph_mode(sdk.cm.BigValueGraphMode.AREA)
+             .reduce_options(sdk.common.ReduceDataOptions().calcs(["lastNotNull"])))
     else:
-        b = (timeseries.Panel().line_width(1).fill_opacity(10)
-             .legend(common.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
-                     .placement(common.LegendPlacement.BOTTOM).show_legend(True)))
+        b = (sdk.timeseries.Panel().line_width(1).fill_opacity(10)
+             .legend(sdk.common.VizLegendOptions().display_mode(sdk.cm.LegendDisplayMode.LIST)
+                     .placement(sdk.cm.LegendPlacement.BOTTOM).show_legend(True)))
     b = b.title(p.title).description(p.description).unit(p.unit).datasource(ds).height(p.height).span(p.width)
     if p.min is not None:
         b = b.min(p.min)
     for i, (expr, legend) in enumerate(p.targets):
-        q = prometheus.Dataquery().expr(expr).ref_id(chr(ord("A") + i)).datasource(ds)
+        q = sdk.prometheus.Dataquery().expr(expr).ref_id(chr(ord("A") + i)).datasource(ds)
         if legend:
             q = q.legend_format(legend)
         b = b.with_target(q)
@@ -63,31 +65,31 @@ def _panel(p: Panel, sdk):
 
 
 def _variables(d: Dashboard, sdk):
-    _, dashboard, _, _, _, _, DataSourceRef = sdk
+    dashboard, dm = sdk.dashboard, sdk.dm
     out = [dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")]
     for v in d.variables:
         out.append(
             dashboard.QueryVariable(v.name).label(v.label).description(v.description)
-            .datasource(DataSourceRef(type_val="prometheus", uid=DS_UID))
+            .datasource(dm.DataSourceRef(type_val="prometheus", uid=DS_UID))
             .query({"query": v.query, "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1})
-            .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .multi(True).include_all(True).all_value(".*").sort(dashboard.VariableSort.ALPHABETICAL_ASC))
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .multi(True).include_all(True).all_value(".*").sort(dm.VariableSort.ALPHABETICAL_ASC))
     return out
 
 
 def build(d: Dashboard) -> dict:
     """The Grafana dashboard JSON model of ``d``."""
     sdk = _sdk()
-    _, dashboard, _, _, _, JSONEncoder, _ = sdk
+    dashboard = sdk.dashboard
     b = (dashboard.Dashboard(d.title).uid(d.uid).description(d.description).tags(["rayworks", *d.tags])
-         .refresh(REFRESH).time("now-1h", "now").timezone("browser").tooltip(dashboard.DashboardCursorSync.CROSSHAIR))
+         .refresh(REFRESH).time("now-1h", "now").timezone("browser").tooltip(sdk.dm.DashboardCursorSync.CROSSHAIR))
     for v in _variables(d, sdk):
         b = b.with_variable(v)
     for row in d.rows:
         b = b.with_row(dashboard.Row(row.title))
         for p in row.panels:
             b = b.with_panel(_panel(p, sdk))
-    model = json.loads(JSONEncoder(sort_keys=True).encode(b.build()))
+    model = json.loads(sdk.JSONEncoder(sort_keys=True).encode(b.build()))
     # Stable, unique panel ids (the SDK leaves them 0); Grafana links and alerts use them.
     for i, panel in enumerate(model["panels"], start=1):
         panel["id"] = i
@@ -107,6 +109,31 @@ def render_all() -> dict[Path, str]:
 def stale_files() -> list[Path]:
     """Generated files whose committed text differs from what the generator makes now."""
     return [p for p, text in render_all().items() if not p.is_file() or p.read_text() != text]
+
+
+def committed_dashboards() -> dict[str, dict]:
+    """The shipped dashboard JSON files, by file name."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(HERE.glob("*.json"))}
+
+
+def iter_queries(model: dict):
+    """(panel, target) for every query of every panel of a dashboard model (rows included)."""
+    for panel in model.get("panels", []):
+        for p in [panel, *panel.get("panels", [])]:
+            for t in p.get("targets", []):
+                yield p, t
+
+
+def concrete(expr: str, rate_window: str = "1m") -> str:
+    """A panel query as Grafana sends it with every variable at "All".
+
+    ``$__rate_interval`` becomes ``rate_window``; a template variable (``$run``,
+    ``${run}``) becomes ``.*``, its "All" value (variables are used with ``=~``).
+    """
+    import re
+
+    expr = expr.replace("$__rate_interval", rate_window).replace("${__rate_interval}", rate_window)
+    return re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", ".*", expr)
 
 
 def main(argv: list[str] | None = None) -> int:

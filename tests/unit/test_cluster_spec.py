@@ -146,6 +146,9 @@ def test_missing_file():
     ({"provider": {"type": "gcp", "region": "r", "availability_zone": "r-a", "project_id": "p"},
       "worker_groups__1__instance_type": "n1-standard-16", "worker_groups__1__accelerator_type": "Z9"},
      "accelerator_type='Z9' has no known GCE accelerator name"),
+    ({"provider": {"type": "gcp", "region": "r", "availability_zone": "r-a", "project_id": "p"},
+      "worker_groups__1__instance_type": "n1-standard-16", "worker_groups__1__accelerator_type": None},
+     "n1-standard-16 with num_gpus: 8 needs accelerator_type"),
     ({"worker_groups__0__resources": {"ssd": 0.5}}, "worker_groups.data.resources.ssd=0.5"),
     ({"provider": {"type": "kubernetes", "namespace": "ns"}}, "dashboard.host='127.0.0.1'"),
 ])

@@ -97,9 +97,11 @@ def test_ray_up_passes_rays_own_validator(name):
     prepared = prepare_config(copy.deepcopy(committed))
     validate_config(prepared)
     # Every key defaults.yaml would fill is ours: the golden file is what runs.
-    for key in ("setup_commands", "head_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
-                "file_mounts", "available_node_types", "idle_timeout_minutes"):
-        assert prepared[key] == committed[key], key
+    for key in ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
+                "file_mounts", "available_node_types", "idle_timeout_minutes", "docker"):
+        assert prepared.get(key, {}) == committed.get(key, {}), key
+    # (Ray runs the common setup commands before the head's own.)
+    assert prepared["head_setup_commands"] == committed["setup_commands"] + committed["head_setup_commands"]
 
 
 def test_rays_validator_rejects_what_it_should():
@@ -374,3 +376,15 @@ def test_render_cli_wrong_target_exits_2(capsys):
     assert err.count("\n") == 1 and "use --target ray-up for aws/gcp" in err
     assert cli_main(["cluster", "render", str(REPO / "cluster" / "local.yaml"), "--target", "ray-up"]) == 2
     assert "`rayworks up` for local" in capsys.readouterr().err
+
+
+def test_rayservice_skipped_with_a_note_when_serve_renderer_is_missing(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "rayworks.serve.render", None)  # makes the import fail
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "serve.yaml").write_text("kind: serve\nname: s\n")
+    path = REPO / "cluster" / "kubernetes.yaml"
+    assert render.job_manifests(path, load_cluster_spec(path), configs) == {}
+    assert "note: skipped the RayService for" in capsys.readouterr().out

@@ -18,14 +18,14 @@ def _gpus(node) -> str:
 
 
 def cmd_validate(a) -> int:
-    from rayworks.cluster.render import TARGETS, render_spec
+    from rayworks.cluster.render import default_target, render_spec
     from rayworks.config.cluster import load_cluster_spec
 
     spec = load_cluster_spec(a.spec)
     # Rendering catches what only a target can refuse (e.g. an unknown GCE accelerator).
     ptype = spec.provider.type
     if ptype != "local":
-        render_spec(spec, TARGETS[0] if ptype in ("aws", "gcp") else TARGETS[1])
+        render_spec(spec, default_target(spec))
     groups = ", ".join(f"{g.name}({g.role}: {g.min_workers}-{g.max_workers} x {g.num_cpus} CPU"
                        f"{_gpus(g)})"
                        for g in spec.worker_groups) or "none"
@@ -34,9 +34,10 @@ def cmd_validate(a) -> int:
 
 
 def cmd_render(a) -> int:
-    from rayworks.cluster.render import render_file
+    from rayworks.cluster.render import display_path, render_file
 
-    name, text = render_file(a.spec, a.target, f"rayworks cluster render {a.spec} --target {a.target}")
+    command = f"rayworks cluster render {display_path(a.spec)} --target {a.target}"
+    name, text = render_file(a.spec, a.target, command, a.out.rstrip("/") if a.out else ".")
     if not a.out:
         sys.stdout.write(text)
         return 0

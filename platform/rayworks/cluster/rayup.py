@@ -105,7 +105,10 @@ def _gcp_node_config(node: NodeType) -> dict:
     }
     if node.num_gpus:
         if not node.instance_type.startswith(GCP_BUNDLED_GPU_FAMILIES):
-            cfg["guestAccelerators"] = [{"acceleratorType": gcp_accelerator(node.accelerator_type or "T4"),
+            if not node.accelerator_type:
+                raise ConfigError(f"{node.instance_type} with num_gpus: {node.num_gpus} needs accelerator_type "
+                                  "(e.g. T4, L4, V100) to attach GPUs on GCP")
+            cfg["guestAccelerators"] = [{"acceleratorType": gcp_accelerator(node.accelerator_type),
                                          "acceleratorCount": node.num_gpus}]
         # GPU VMs cannot live-migrate; the DLVM image installs the driver on first boot.
         cfg["scheduling"] = {"onHostMaintenance": "TERMINATE"}
@@ -143,8 +146,7 @@ def setup_commands(spec: ClusterSpec) -> list[str]:
         return []
     first = [p for p in pins if p.replace(" ", "").startswith("torch==")]
     rest = [p for p in pins if p not in first]
-    cmds = [f"pip install {' '.join(shlex.quote(p) for p in group)}" for group in (first, rest) if group]
-    return cmds
+    return [f"pip install {' '.join(shlex.quote(p) for p in group)}" for group in (first, rest) if group]
 
 
 def docker_config(spec: ClusterSpec) -> dict | None:

@@ -65,7 +65,7 @@ def format_validation_error(exc: ValidationError, source: str, key_lines: dict |
                     break
         where = f"{source}:{line}" if line else source
         field = ".".join(str(p) for p in loc) or "<root>"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see `rayworks schema` for the allowed keys)"
         value = err.get("input")

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from rayworks.config.base import StrictModel, load_yaml_model
 
 Role = Literal["data", "train", "serve", "general"]
-_SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
+_SECRETISH = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)", re.I)
 
 
 class Provider(StrictModel):

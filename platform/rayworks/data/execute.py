@@ -32,8 +32,8 @@ def run_units(fn: Callable, items: list[dict], num_workers: int, num_cpus: float
     import ray.data
 
     ds = ray.data.from_items([{"arg": json.dumps(it)} for it in items], override_num_blocks=len(items))
-    ds = ds.map(_call, fn_kwargs={"fn": fn, "kwargs": kwargs}, concurrency=max(1, min(num_workers, len(items))),
-                num_cpus=num_cpus)
+    pool = ray.data.TaskPoolStrategy(size=max(1, min(num_workers, len(items))))
+    ds = ds.map(_call, fn_kwargs={"fn": fn, "kwargs": kwargs}, compute=pool, num_cpus=num_cpus)
     for row in ds.iter_rows():
         yield json.loads(row["result"])
 

@@ -41,14 +41,14 @@ def iter_line_ranges(f, start: int, end: int, block: int = BLOCK_BYTES) -> Itera
         f.seek(0)
         pos, buf = 0, b""
     # invariant: pos is the file offset of buf[0], the start of the current line
-    while pos < end:
+    eof = False
+    while pos < end and not eof:
         b = f.read(block)
-        if not b:
-            if buf:
-                yield [buf]
-            return
+        eof = not b
         lines = (buf + b).split(b"\n")
         buf = lines.pop()
+        if eof and buf:
+            lines.append(buf)  # a last line without a trailing newline
         out = []
         for ln in lines:
             if pos >= end:

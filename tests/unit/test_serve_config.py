@@ -1,0 +1,151 @@
+"""Serve job config, rendering and rollout config handling (no Ray cluster)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayworks.config.jobs import load_job
+from rayworks.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_job(tmp_path: Path, **over) -> Path:
+    export = tmp_path / "export"
+    export.mkdir(exist_ok=True)
+    (export / "config.json").write_text("{}")
+    (export / "model.safetensors").write_bytes(b"")
+    (export / "rayworks_export.json").write_text('{"kind": "export"}')
+    data = {"kind": "serve", "name": "t", "models": [{"id": "tiny", "source": "export",
+            "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True}}],
+            "auth": {"api_keys_env": "RW_TEST_KEYS"}}
+    data.update(over)
+    p = tmp_path / "serve.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def spec(tmp_path: Path, secret_env_vars=()):
+    from rayworks.config.cluster import ClusterSpec
+
+    return ClusterSpec.model_validate({"name": "t", "head": {"num_cpus": 8, "memory_gb": 16},
+                                       "storage": {"uri": str(tmp_path / "artifacts")},
+                                       "runtime_env": {"secret_env_vars": list(secret_env_vars)}})
+
+
+def test_example_config_loads():
+    job = load_job(REPO / "jobs/configs/serve.yaml")
+    assert job.kind == "serve" and job.models[0].id == "tiny"
+    assert job.auth.api_keys_file and job.models[0].source.startswith("/")
+
+
+def test_relative_source_resolves_and_defaults(tmp_path):
+    job = load_job(write_job(tmp_path))
+    assert job.models[0].source == str(tmp_path / "export")
+    assert job.models[0].replicas.max_count == 1 and job.rollout.max_surge_percent == 100
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"auth": {}}, "api_keys_env"),
+    ({"auth": {"api_keys_env": "X", "allow_unauthenticated": True}}, "choose one"),
+    ({"auth": {"api_keys_env": "not a name"}}, "auth.api_keys_env"),
+    ({"models": [{"id": "a", "source": "x"}, {"id": "a", "source": "y"}]}, "unique"),
+    ({"models": [{"id": "a", "source": "x", "replicas": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}}]},
+     "not both"),
+    ({"models": [{"id": "a", "source": "x", "replicas": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}]},
+     "min_replicas"),
+    ({"models": [{"id": "a", "source": "x", "engine": {"max_model_len": 256, "typo": 1}}]}, "unknown key"),
+    ({"models": [{"id": "a", "source": "x"}, {"id": "b", "source": "y"}], "performance": {"direct_streaming": True}},
+     "exactly one model"),
+])
+def test_bad_configs_fail_with_field(tmp_path, over, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_job(write_job(tmp_path, **over))
+
+
+def test_preflight_checks_secret_and_source(tmp_path, monkeypatch):
+    from rayworks.preflight import preflight
+
+    job = load_job(write_job(tmp_path))
+    with pytest.raises(ConfigError, match="secret_env_vars"):
+        preflight(job, spec(tmp_path))
+    monkeypatch.delenv("RW_TEST_KEYS", raising=False)
+    with pytest.raises(ConfigError, match="not set"):
+        preflight(job, spec(tmp_path, ["RW_TEST_KEYS"]))
+    monkeypatch.setenv("RW_TEST_KEYS", "k")
+    preflight(job, spec(tmp_path, ["RW_TEST_KEYS"]))
+    job.models[0].source = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="no config.json"):
+        preflight(job, spec(tmp_path, ["RW_TEST_KEYS"]))
+
+
+def test_resource_request_counts_surge(tmp_path):
+    from rayworks.preflight import check_resources
+
+    job = load_job(write_job(tmp_path, models=[{"id": "a", "source": "export",
+                                                "replicas": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}}}]))
+    b = [x for x in job.resource_request() if "replica" in x.what][0]
+    assert b.count == 6 and b.num_cpus == 2  # 3 replicas + 100% surge, 1 CPU actor + 1 CPU engine each
+    with pytest.raises(ConfigError, match="CPUs"):
+        check_resources(job.resource_request(), spec(tmp_path))
+
+
+def test_serve_config_is_valid_and_has_no_secret(tmp_path, monkeypatch):
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayworks.serve.render import serve_app_config
+
+    monkeypatch.setenv("RW_TEST_KEYS", "super-secret-value")
+    job = load_job(write_job(tmp_path))
+    cfg = serve_app_config(job, spec(tmp_path))
+    ServeDeploySchema.model_validate(cfg)
+    app = cfg["applications"][0]
+    assert app["import_path"] == "rayworks.serve.app:build_app" and app["name"] == "t"
+    llm = app["args"]["llm_configs"][0]
+    assert llm["model_loading_config"] == {"model_id": "tiny", "model_source": str(tmp_path / "export")}
+    assert llm["deployment_config"]["max_surge_percent"] == 100
+    assert llm["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert llm["placement_group_config"] == {"bundles": [{"CPU": 1}]}
+    assert app["args"]["auth"] == {"api_keys_env": "RW_TEST_KEYS", "api_keys_file": None}
+    assert "super-secret-value" not in json.dumps(cfg)
+    from ray.serve.llm import LLMConfig
+
+    LLMConfig.model_validate(llm)  # what build_app will do with it
+
+
+def test_gpu_and_uri_sources_render(tmp_path):
+    from rayworks.serve.render import llm_config
+
+    job = load_job(write_job(tmp_path, models=[{"id": "big", "source": "s3://bucket/export", "accelerator": "H100",
+                                                "engine": {"dtype": "bfloat16", "tensor_parallel_size": 2}}]))
+    cfg = llm_config(job.models[0], job)
+    assert cfg["accelerator_type"] == "H100" and "placement_group_config" not in cfg
+    assert cfg["model_loading_config"]["model_source"] == {"bucket_uri": "s3://bucket/export"}
+    assert cfg["engine_kwargs"]["gpu_memory_utilization"] == 0.9
+    assert cfg["engine_kwargs"]["tensor_parallel_size"] == 2
+
+
+def test_rollout_replaces_one_source(tmp_path):
+    from rayworks.serve.rollout import updated_job
+
+    job = load_job(write_job(tmp_path))
+    manifest = {"config": job.model_dump(mode="json")}
+    new = updated_job(manifest, "tiny", str(tmp_path / "v2"))
+    assert new.models[0].source == str(tmp_path / "v2") and new.name == job.name
+    with pytest.raises(ConfigError, match="no model 'nope'"):
+        updated_job(manifest, "nope", "x")
+
+
+def test_cli_render_serve_target(tmp_path):
+    p = write_job(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "rayworks.cli", "serve", "render", str(p), "--target", "serve"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    doc = yaml.safe_load(out.stdout)
+    assert doc["applications"][0]["args"]["models"] == {"tiny": 256}
