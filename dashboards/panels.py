@@ -137,6 +137,12 @@ PREP = Dashboard(
 
 # ---------------------------------------------------------------- training
 TRAIN_SEL = 'job="train", run=~"$run"'
+
+
+def train_gauge(metric: str, agg: str = "max") -> tuple[tuple[str, str], ...]:
+    return ((f"{agg} by (run) (ray_rayworks_train_{metric}{{{TRAIN_SEL}}})", "{{run}}"),)
+
+
 TRAIN = Dashboard(
     uid="rayworks-train", title="rayworks / Training",
     description="Ray Train + DeepSpeed runs: loss, learning rate, throughput, efficiency and memory.",
@@ -144,44 +150,59 @@ TRAIN = Dashboard(
     rows=(
         Row("Progress", (
             Panel("Training loss", "none",
-                  "Mean cross-entropy loss of the last logging window on the training data (rank 0). It "
-                  "should fall; a flat line from the start often means the learning rate is too low.",
-                  (("max by (run) (ray_rayworks_train_loss{" + TRAIN_SEL + "})", "{{run}}"),), min=None),
+                  "Mean cross-entropy loss over the last logging window, across all workers. It should "
+                  "fall; flat from the start often means the learning rate is too low, spikes that it is "
+                  "too high.", train_gauge("loss"), min=None),
             Panel("Validation loss", "none",
-                  "Mean loss on the held-out split at each evaluation. Rising while training loss falls "
-                  "means over-fitting.",
-                  (("max by (run) (ray_rayworks_train_val_loss{" + TRAIN_SEL + "})", "{{run}}"),), min=None),
+                  "Loss on the held-out split at the last evaluation. Rising while training loss falls "
+                  "means over-fitting.", train_gauge("val_loss"), min=None),
             Panel("Learning rate", "none",
-                  "The optimizer's learning rate now (after warm-up and decay).",
-                  (("max by (run) (ray_rayworks_train_learning_rate{" + TRAIN_SEL + "})", "{{run}}"),)),
+                  "The optimizer's learning rate at the last step (after warm-up and decay).",
+                  train_gauge("learning_rate")),
+            Panel("Gradient norm", "none",
+                  "Global gradient norm at the last step (before clipping). Sudden spikes precede loss "
+                  "spikes and divergence.", train_gauge("grad_norm")),
             Panel("Optimizer step", "short",
-                  "The optimizer step the run has reached. A line that stops rising while the job runs "
-                  "means training is stuck (data, a collective, a checkpoint).",
-                  (("max by (run) (ray_rayworks_train_step{" + TRAIN_SEL + "})", "{{run}}"),)),
+                  "The last optimizer step completed. A line that stops rising while the job runs means "
+                  "training is stuck (input data, a collective, a checkpoint).", train_gauge("step")),
+            Panel("Checkpoints saved", "short",
+                  "Checkpoints saved and reported to Ray Train in each run (a restart resumes from the "
+                  "newest).",
+                  (("sum by (run) (ray_rayworks_train_checkpoints_total{" + TRAIN_SEL + "})", "{{run}}"),),
+                  kind="stat"),
         )),
         Row("Throughput and efficiency", (
             Panel("Training tokens per second", "short",
-                  "Tokens consumed per second across all workers.",
-                  (("sum by (run) (ray_rayworks_train_tokens_per_second{" + TRAIN_SEL + "})", "{{run}}"),)),
-            Panel("Step time", "s",
-                  "Wall-clock seconds per optimizer step (mean of the last logging window).",
-                  (("max by (run) (ray_rayworks_train_step_time_s{" + TRAIN_SEL + "})", "{{run}}"),)),
+                  "Tokens trained per second across all workers, measured by the job over its last logging "
+                  "window.", train_gauge("tokens_per_second", "sum")),
+            Panel("Step time (p50, p90)", "s",
+                  "Wall-clock seconds per optimizer step. A wide gap between p50 and p90 means some steps "
+                  "wait (data loading, checkpoints, a slow worker).",
+                  ((f"histogram_quantile(0.5, sum by (le, run) (rate(ray_rayworks_train_step_duration_seconds_bucket"
+                    f"{{{TRAIN_SEL}}}[{RATE}])))", "p50 {{run}}"),
+                   (f"histogram_quantile(0.9, sum by (le, run) (rate(ray_rayworks_train_step_duration_seconds_bucket"
+                    f"{{{TRAIN_SEL}}}[{RATE}])))", "p90 {{run}}"))),
             Panel("Model FLOP/s", "flops",
-                  "Model FLOPs per second achieved (6 x parameters x tokens per second, plus attention). "
-                  "Compare runs and hardware with it.",
-                  (("sum by (run) (ray_rayworks_train_flops_per_second{" + TRAIN_SEL + "})", "{{run}}"),)),
+                  "Model FLOPs per second achieved (6 x parameters + attention, per token, times tokens per "
+                  "second). Compare runs and hardware with it.", train_gauge("model_flops_per_second", "sum")),
             Panel("Model FLOPs utilization (MFU)", "percentunit",
-                  "Achieved FLOP/s divided by the accelerators' peak. Well-tuned LLM training reaches "
-                  "30-50% on GPUs; on CPUs the peak is an estimate.",
-                  (("max by (run) (ray_rayworks_train_mfu_ratio{" + TRAIN_SEL + "})", "{{run}}"),)),
+                  "Achieved FLOP/s over the devices' peak. Known for common GPUs; on CPUs set "
+                  "scaling.peak_flops_per_device to get it. Well-tuned LLM training reaches 30-50% on GPUs.",
+                  train_gauge("mfu_ratio")),
         )),
         Row("Memory and Ray Train", (
-            Panel("Worker memory", "bytes",
-                  "Memory the training worker holds (accelerator memory on GPUs, process memory on CPUs). "
-                  "Near the device's size, lower the micro-batch or raise the ZeRO stage.",
-                  (("max by (run) (ray_rayworks_train_memory_bytes{" + TRAIN_SEL + "})", "{{run}}"),)),
+            Panel("Training worker memory (RSS)", "bytes",
+                  "Resident memory of each Ray Train worker process, by node. On CPUs this is where the "
+                  "model, optimizer state and activations live; near the node's memory, lower the "
+                  "micro-batch or raise the ZeRO stage.",
+                  (('sum by (ip, Component) (ray_component_rss_bytes{Component=~".*RayTrainWorker.*"})',
+                    "{{ip}} {{Component}}"),)),
+            Panel("GPU memory used by training", "decmbytes",
+                  "GPU memory in use on each GPU of the cluster (training workers hold one GPU each). "
+                  + GPU_ONLY,
+                  (("sum by (ip, GpuIndex) (ray_node_gram_used)", "{{ip}} gpu {{GpuIndex}}"),)),
             Panel("Ray Train controller state", "short",
-                  "Runs of Ray Train in each controller state (initializing, scheduling, running, "
+                  "Ray Train runs in each controller state (initializing, scheduling, running, "
                   "restarting, finished, errored).",
                   (("sum by (ray_train_run_name, ray_train_controller_state) (ray_train_controller_state)",
                     "{{ray_train_run_name}} {{ray_train_controller_state}}"),)),

@@ -2,7 +2,8 @@
 
 Ports come from RAYWORKS_TEST_PORT_BASE (default 27000) so several checkouts or
 developers can run suites side by side: gcs=base, dashboard=base+1,
-metrics=base+2, serve=base+3, client=base+4, agent=base+5.
+metrics=base+2, serve=base+3, client=base+4, agent=base+5; the head's
+dashboard queries a Prometheus at base+90 (started by tests/integration/test_monitoring.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def make_spec_dict(name: str, storage: Path, base: int = PORT_BASE) -> dict:
                                      "VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0",
                                      "TOKENIZERS_PARALLELISM": "false"}},
         "dashboard": {"host": "127.0.0.1", "port": base + 1},
-        "metrics": {"export_port": base + 2},
+        "metrics": {"export_port": base + 2, "prometheus_url": f"http://127.0.0.1:{base + 90}"},
         "serve": {"host": "127.0.0.1", "port": base + 3},
         "local": {"gcs_port": base, "ray_client_port": base + 4, "dashboard_agent_listen_port": base + 5,
                   "temp_dir": f"/tmp/rw{base}", "object_store_memory_gb": 1.5},

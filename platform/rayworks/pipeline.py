@@ -67,6 +67,20 @@ def serve_endpoint(job, spec: ClusterSpec) -> tuple[str, str | None, str | None]
     return base, job.auth.api_keys_env, key
 
 
+def ensure_api_key(job) -> None:
+    """Local clusters only: create the serve job's key file (0600) if it does not exist yet."""
+    path = job.auth.api_keys_file
+    if not path or os.path.exists(path):
+        return
+    import secrets
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"rw-{secrets.token_urlsafe(32)}\n")
+    _say(f"serve: wrote a new API key to {path} (mode 0600)")
+
+
 def _healthy(job, spec: ClusterSpec) -> bool:
     import requests
 
@@ -144,6 +158,8 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         rec = None if stage in pipe.force else _up_to_date(rec_uri, key, outs["manifest"])
         if rec and stage == "serve" and not _healthy(job, spec):
             rec = None
+        if stage == "serve" and spec.provider.type == "local":
+            ensure_api_key(job)
         if rec:
             _say(f"{stage}: skipped, up to date (same config and inputs; output {outs['output']})")
             status = "skipped"

@@ -74,7 +74,7 @@ def test_manifest_counts_match_an_independent_count(reference_run, corpus):
     assert c["tokens_dropped_remainder"] < 2 * m["seq_len"]
     assert [s["path"] for s in m["skipped_files"]] == [str(corpus["bad"] / "broken.jsonl")]
     assert "invalid JSON" in m["skipped_files"][0]["error"]
-    assert [i["path"] for i in m["inputs"]][-1] == str(corpus["parquet"])
+    assert [i["path"] for i in m["inputs"]][-2:] == [str(corpus["parquet"]), str(corpus["bad"] / "broken.jsonl")]
 
     # Shards: the declared rows and hashes, fixed-length int32 rows, ids inside the vocabulary.
     tok = AutoTokenizer.from_pretrained(str(ref / "tokenizer"), local_files_only=True)

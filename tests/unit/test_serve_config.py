@@ -149,3 +149,26 @@ def test_cli_render_serve_target(tmp_path):
     assert out.returncode == 0, out.stderr
     doc = yaml.safe_load(out.stdout)
     assert doc["applications"][0]["args"]["models"] == {"tiny": 256}
+
+
+def test_build_app_wires_gate_in_front_of_rays_ingress(tmp_path, monkeypatch):
+    """build_app (the import_path of every route) builds without a cluster; the gate is outermost."""
+    from ray.serve.deployment import Application
+
+    from rayworks.serve.app import build_app
+    from rayworks.serve.gate import Gate
+    from rayworks.serve.render import app_args
+
+    monkeypatch.setenv("RW_TEST_KEYS", "k")
+    args = app_args(load_job(write_job(tmp_path)))
+    app = build_app(json.loads(json.dumps(args)))  # the args survive a YAML/JSON round trip
+    assert isinstance(app, Application)
+    dep = app._bound_deployment
+    assert dep.name == "OpenAiIngress" and dep._deployment_config.max_surge_percent == 100
+    from rayworks.serve.app import _gate_kwargs, _ingress_app
+
+    fastapi_app = _ingress_app(_gate_kwargs(args))
+    assert fastapi_app.user_middleware[0].cls is Gate  # outermost: runs before Ray's own middleware
+    assert any(getattr(r, "path", "") == "/health" for r in fastapi_app.routes)
+    llm = dep.init_kwargs["llm_deployments"]["tiny"]
+    assert llm._bound_deployment._deployment_config.max_surge_percent == 100

@@ -8,7 +8,6 @@ pydantic: validating a config imports neither Ray Data nor vLLM.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
@@ -58,7 +57,7 @@ class SamplingSpec(StrictModel):
 
     temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    top_k: int | None = Field(None, description="Top-k cut-off; null or -1 for none.")
+    top_k: int = Field(0, ge=-1, description="Top-k cut-off; 0 (or -1) for none.")
     max_tokens: int = Field(50, ge=1, description="Most tokens generated per prompt.")
     min_tokens: int = Field(0, ge=0, description="Fewest tokens generated before EOS/stop may end a completion.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the output).")
@@ -149,7 +148,3 @@ def check_paths(job: GenerateJob) -> None:
     if not exists(job.input.path):
         raise ConfigError(f"input.path: {job.input.path} does not exist; give a .jsonl, .parquet or .txt file "
                           "(or a folder of them), local or s3:// / gs://")
-
-
-def _suffix(path: str) -> str:
-    return Path(path.rstrip("/")).suffix.lower()

@@ -1,9 +1,9 @@
 """The `pipeline` job: prep -> train -> serve (three Ray jobs) from one YAML.
 
 Each stage is a path to that kind's own job YAML (relative to this file) or the job
-inlined as a mapping. The pipeline links the stages: train's ``data.prep_uri``
-defaults to the prep output, each served model without a ``source`` gets the
-training export. ``--set train.run.num_steps=30`` reaches into any stage.
+inlined as a mapping. The pipeline links the stages: train's ``data.prep_uri`` is
+set to the prep output and every served model's ``source`` to the training export
+(whatever the stage files say), so lineage always holds. ``--set train.run.num_steps=30`` reaches into any stage.
 """
 
 from __future__ import annotations
@@ -80,12 +80,14 @@ class PipelineJob(JobBase):
         data.setdefault("name", f"{self.name}-{stage}")
         if self.cluster:
             data["cluster"] = self.cluster
+        # The pipeline owns the links: a stage always reads what the stage before it wrote,
+        # so the lineage chain cannot point at some other artifact.
         if stage == "train" and "prep_output" in links:
-            data.setdefault("data", {}).setdefault("prep_uri", links["prep_output"])
+            data.setdefault("data", {})["prep_uri"] = links["prep_output"]
         if stage == "serve" and "export_dir" in links:
             for m in data.get("models") or []:
                 if isinstance(m, dict):
-                    m.setdefault("source", links["export_dir"])
+                    m["source"] = links["export_dir"]
         return load_job_data(data, f"{self.name}:{stage}", base, expect_kind=stage)
 
 

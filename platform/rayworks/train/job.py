@@ -62,6 +62,10 @@ def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int):
 
     from rayworks.train.loop import train_loop
 
+    from ray.data import DataContext
+
+    # Per-rank datasets would print one progress bar each; the loop reports progress itself.
+    DataContext.get_current().enable_progress_bars = False
     cfg = loop_config(job, prep, out, steps)
     ds = cfg["deepspeed"]
     split = prep.splits[job.data.train_split]

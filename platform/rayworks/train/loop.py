@@ -105,14 +105,19 @@ def train_loop(cfg: dict) -> None:
         dist.all_reduce(t)
         return (t / world).tolist()
 
+    val_cache: list[np.ndarray] = []
+
     def evaluate() -> float | None:
         if not cfg["has_val"]:
             return None
+        if not val_cache:
+            # The validation rows are few and the same each time: read them through Ray Data once.
+            val_cache.extend(b["input_ids"] for b in _micro_batches(ray.train.get_dataset_shard(f"val_{rank}"), mb))
         engine.module.eval()
         total, count = 0.0, 0
         with torch.no_grad():
-            for b in _micro_batches(ray.train.get_dataset_shard(f"val_{rank}"), mb):
-                ids = torch.from_numpy(b["input_ids"].astype(np.int64)).to(device)
+            for arr in val_cache:
+                ids = torch.from_numpy(arr.astype(np.int64)).to(device)
                 total += engine(input_ids=ids, labels=ids).loss.float().item() * len(ids)
                 count += len(ids)
         engine.module.train()

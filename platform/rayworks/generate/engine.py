@@ -1,0 +1,99 @@
+"""The `ray.data.llm` processor the generate job runs: config -> vLLMEngineProcessorConfig.
+
+Choices made for speed (tests/bench/bench_generate.py measures them against one
+plain ``LLM.generate`` call):
+
+- Prompts arrive already tokenized (rayworks.generate.prompts checked their length
+  with the same tokenizer), so the tokenize stage is off; vLLM returns the text
+  itself, so the detokenize stage is off; the chat template was applied with the
+  prompts, so that stage is off too. What is left is one engine actor per replica
+  plus two light row maps: no extra actor competes with the engine for CPUs.
+- ``batch_size x max_concurrent_batches`` rows are queued per engine so its
+  scheduler always has the next sequences ready, as in one big ``LLM.generate``.
+- On CPU the engine's bundle is explicit (the default bundle asks for a GPU) and
+  OMP_NUM_THREADS follows it: Ray would otherwise pin an actor to the thread count of
+  its num_cpus only by accident of defaults.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rayworks.config.generate import GenerateJob
+
+
+def engine_kwargs(job: GenerateJob) -> dict:
+    """vLLM engine arguments from the job's engine settings (extras win)."""
+    e = job.engine
+    kw = dict(max_model_len=e.max_model_len, dtype=e.dtype, enforce_eager=e.enforce_eager,
+              tensor_parallel_size=e.tensor_parallel_size)
+    if e.max_num_seqs:
+        kw["max_num_seqs"] = e.max_num_seqs
+    if e.device == "gpu":
+        kw["gpu_memory_utilization"] = e.gpu_memory_utilization
+    kw.update(e.engine_kwargs)
+    return kw
+
+
+def engine_env(job: GenerateJob) -> dict[str, str]:
+    """Environment of the engine actors."""
+    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    if job.engine.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{job.engine.kv_cache_space_gb:g}"
+        env["OMP_NUM_THREADS"] = str(max(1, int(job.engine.num_cpus_per_replica)))
+    env.update(job.runtime_env.env_vars)
+    return env
+
+
+def processor_config(job: GenerateJob):
+    """The vLLMEngineProcessorConfig for the job."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    e = job.engine
+    if e.device == "cpu":
+        pg = {"bundles": [{"CPU": e.num_cpus_per_replica}]}
+    else:
+        # One bundle per tensor-parallel worker; the engine actor itself takes CPU only.
+        pg = {"bundles": [{"CPU": 1, "GPU": 1}] * e.tensor_parallel_size, "strategy": "STRICT_PACK"}
+    return vLLMEngineProcessorConfig(
+        model_source=job.model,
+        engine_kwargs=engine_kwargs(job),
+        runtime_env={"env_vars": engine_env(job)},
+        concurrency=e.num_replicas,
+        batch_size=e.batch_size,
+        max_concurrent_batches=e.max_concurrent_batches,
+        accelerator_type=e.accelerator_type if e.device == "gpu" else None,
+        placement_group_config=pg,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+        # Engine metrics (TTFT, KV usage) go to Ray's Prometheus endpoint with ours.
+        log_engine_metrics=True,
+    )
+
+
+def _preprocess(row: dict) -> dict:
+    return dict(index=row["index"], tokenized_prompt=row["token_ids"], prompt=row["prompt"],
+                sampling_params=json.loads(row["sampling"]), max_tokens=json.loads(row["sampling"])["max_tokens"])
+
+
+def _postprocess(row: dict) -> dict:
+    tokens = row["generated_tokens"]
+    n_out = int(row["num_generated_tokens"])
+    # ray.data.llm returns no finish reason; vLLM stops for length exactly when the
+    # budget is used up, otherwise on EOS or a stop string/token.
+    finish = "length" if n_out >= int(row["max_tokens"]) else "stop"
+    return dict(index=int(row["index"]), generated_text=row["generated_text"], finish_reason=finish,
+                num_prompt_tokens=int(row["num_input_tokens"]), num_output_tokens=n_out,
+                last_token=int(tokens[-1]) if n_out else -1)
+
+
+def build(job: GenerateJob):
+    """A Processor: dataset of vetted rows (index, prompt, token_ids, sampling) -> generations."""
+    from ray.data.llm import build_processor
+
+    return build_processor(
+        processor_config(job), preprocess=_preprocess, postprocess=_postprocess,
+        # The row maps are light; fractional CPUs keep them from waiting on the engine's bundle.
+        preprocess_map_kwargs={"num_cpus": 0.25}, postprocess_map_kwargs={"num_cpus": 0.25})

@@ -1,0 +1,152 @@
+"""Training throughput: rayworks (Ray Train + DeepSpeed ZeRO-2) vs a plain PyTorch DDP loop.
+
+Same model, same global batch, same number of CPU workers, same data (one prep output
+made by tests/prepfixture.py), side by side in one run. The DDP baseline is launched
+with ``torch.distributed.run`` over gloo. Both time the second half of the steps
+(after warm-up) and exclude start-up. Prints tokens/s of each and the ratio.
+
+    python tests/bench/bench_train.py                 # ~3 min on 2 cores
+    python tests/bench/bench_train.py --steps 60 --hidden 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--prep", help="existing prep output (default: made in a temp dir)")
+    ap.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def model_dims(a) -> dict:
+    return {"hidden_size": a.hidden, "num_hidden_layers": a.layers, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "intermediate_size": 4 * a.hidden}
+
+
+def ddp_worker(a) -> None:
+    """One torchrun process: the plain DDP loop over the same shards (global positions in file order)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from rayworks.train.model import build_model, llama_config_dict
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    m = json.load(open(os.path.join(a.prep, "manifest.json")))
+    rows = np.concatenate([pq.read_table(os.path.join(a.prep, s["name"])).column("input_ids").combine_chunks()
+                           .flatten().to_numpy().reshape(-1, a.seq_len) for s in m["splits"]["train"]["shards"]])
+    cfg = llama_config_dict({"preset": "tiny", "overrides": model_dims(a)}, m["tokenizer"]["vocab_size"], a.seq_len)
+    model = DDP(build_model(cfg))
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr)
+    g = a.micro_batch * world
+    half = a.steps // 2
+    for step in range(a.steps):
+        if step == half:
+            dist.barrier()
+            t0 = time.perf_counter()
+        lo = (step * g + rank * a.micro_batch) % (len(rows) - a.micro_batch)
+        ids = torch.from_numpy(rows[lo:lo + a.micro_batch].astype(np.int64))
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    loss_v = loss.item()
+    dist.barrier()
+    dt = time.perf_counter() - t0
+    if rank == 0:
+        tps = (a.steps - half) * g * a.seq_len / dt
+        Path(a.result).write_text(json.dumps({"tokens_per_s": tps, "loss": loss_v}))
+    dist.destroy_process_group()
+
+
+def run_ddp(a, prep: str) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        res = os.path.join(d, "ddp.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={a.workers}", "--standalone",
+               __file__, "--ddp-worker", "--prep", prep, "--result", res, "--steps", str(a.steps),
+               "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len), "--hidden", str(a.hidden),
+               "--layers", str(a.layers), "--lr", str(a.lr)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'platform'}"}
+        subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        return json.loads(Path(res).read_text())
+
+
+def run_rayworks(a, prep: str, out: str) -> dict:
+    import ray
+
+    from rayworks.config.jobs import load_job_data
+    from rayworks.train.inputs import check_job_inputs
+    from rayworks.train.job import build_trainer
+
+    half = a.steps // 2
+    d = {"kind": "train", "name": "bench",
+         "model": {"preset": "tiny", **{k: v for k, v in {"hidden_size": a.hidden, "num_layers": a.layers,
+                                                          "num_attention_heads": 4, "num_key_value_heads": 4,
+                                                          "intermediate_size": 4 * a.hidden}.items()}},
+         "data": {"prep_uri": prep, "shuffle": False, "val_split": None},
+         "deepspeed": {"train_micro_batch_size_per_gpu": a.micro_batch, "gradient_accumulation_steps": 1,
+                       "gradient_clipping": 1.0, "optimizer": {"type": "AdamW", "params": {"lr": a.lr}},
+                       "zero_optimization": {"stage": 2}},
+         "scaling": {"num_workers": a.workers},
+         "run": {"num_steps": a.steps, "log_every_steps": half, "eval_every_steps": a.steps,
+                 "checkpoint_every_steps": a.steps, "output_uri": out, "export": False}}
+    job = load_job_data(d, "bench", Path("/"))
+    prep_info = check_job_inputs(job)
+    if not ray.is_initialized():
+        ray.init(num_cpus=a.workers + 2, include_dashboard=False, log_to_driver=False)
+    result = build_trainer(job, prep_info, out, a.steps).fit()
+    if result.error:
+        raise result.error
+    return {"tokens_per_s": result.metrics["tokens_per_s"], "loss": result.metrics["train_loss"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse(argv)
+    if a.ddp_worker:
+        ddp_worker(a)
+        return {}
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with tempfile.TemporaryDirectory(prefix="rw-bench-train-") as tmp:
+        prep = a.prep
+        if not prep:
+            from tests.prepfixture import make_prep_output
+
+            prep = str(make_prep_output(Path(tmp) / "prep", seq_len=a.seq_len, max_train_sequences=2000))
+        ddp = run_ddp(a, prep)
+        rw = run_rayworks(a, prep, str(Path(tmp) / "out"))
+    ratio = rw["tokens_per_s"] / ddp["tokens_per_s"]
+    print(f"train bench: {a.workers} CPU workers, global batch {a.micro_batch * a.workers} x {a.seq_len} tokens, "
+          f"Llama hidden {a.hidden} x {a.layers} layers, steps {a.steps // 2}..{a.steps} timed")
+    print(f"  DDP (torch.distributed.run, gloo):        {ddp['tokens_per_s']:10,.0f} tok/s  (loss {ddp['loss']:.3f})")
+    print(f"  rayworks (Ray Train + DeepSpeed ZeRO-2):  {rw['tokens_per_s']:10,.0f} tok/s  (loss {rw['loss']:.3f})")
+    print(f"  ratio rayworks/DDP: {ratio:.2f}")
+    return {"ddp_tokens_per_s": ddp["tokens_per_s"], "rayworks_tokens_per_s": rw["tokens_per_s"], "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()
