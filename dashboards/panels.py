@@ -316,8 +316,10 @@ CLUSTER = Dashboard(
     tags=("cluster",),
     rows=(
         Row("Nodes and resources", (
-            Panel("Alive nodes", "short", "Ray nodes alive in the cluster, by node type.",
-                  (("sum by (node_type) (ray_cluster_active_nodes)", "{{node_type}}"),), kind="stat", width=6),
+            Panel("Alive nodes", "short",
+                  "Ray nodes alive in the cluster (head and workers). Fewer than expected means the "
+                  "autoscaler could not start nodes or nodes died.",
+                  (("sum(ray_cluster_active_nodes)", "nodes"),), kind="stat", width=6),
             Panel("Running jobs", "short", "Ray jobs running now (prep, train, serve, ... each is one job).",
                   (("sum(ray_running_jobs)", "running"),), kind="stat", width=6),
             Panel("Logical CPUs in use", "short",

@@ -37,7 +37,7 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 512):
     return tok
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, hidden: int = 64,
+def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, hidden: int = 256,
                     layers: int = 2, max_pos: int = 512) -> Path:
     """Saves a random-init tiny Llama and its tokenizer into out_dir (safetensors)."""
     import torch

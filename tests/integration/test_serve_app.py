@@ -120,9 +120,11 @@ def test_stream_arrives_in_chunks(served):
 def test_auth(served):
     import openai
 
-    for key in ("", "wrong-key"):
-        with pytest.raises(openai.AuthenticationError):
-            client(served, key).completions.create(model="tiny", prompt="hi", max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        client(served, "wrong-key").completions.create(model="tiny", prompt="hi", max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        client(served, "wrong-key").chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
+    assert post(served, "/v1/completions", {"model": "tiny", "prompt": "hi"}, key=None).status_code == 401
     assert requests.get(served["url"] + "/v1/models", timeout=30).status_code == 401
     assert post(served, "/v1/completions", {"model": "tiny", "prompt": "hi"}, key="wrong").status_code == 401
     assert requests.get(served["url"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"},

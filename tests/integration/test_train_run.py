@@ -67,7 +67,7 @@ def test_zero2_trains_and_val_loss_falls(zero2):
     assert m["resumed_from"] == []
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["kind"] == "train" and saved["inputs"]["prep"]["sha256"] and saved["config_hash"]
-    ckpts = sorted(p.name for p in (out / "ray_train").glob("checkpoint_*"))
+    ckpts = sorted(p.name for p in (out / "ray_train").glob("checkpoint_0*"))
     assert ckpts == ["checkpoint_00000008", "checkpoint_00000012"]  # keep the newest 2
 
 

@@ -81,7 +81,9 @@ class EngineSpec(StrictModel):
                                                          "go to the errors file.")
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine schedules at once; default vLLM's.")
     dtype: str = Field("auto", description="Weights dtype: auto, float32 (CPU), bfloat16, float16.")
-    enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start, slower steps.")
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph capture/compilation (faster start, slower steps); default: true on cpu, "
+                          "false on gpu (CUDA graphs pay off over a whole dataset).")
     kv_cache_space_gb: float = Field(1.0, gt=0, description="CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use.")
     engine_kwargs: dict = Field(default_factory=dict, description="Extra vLLM engine arguments, passed through.")

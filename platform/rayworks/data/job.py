@@ -136,6 +136,8 @@ def _clean_stage(job, files, units, work, workers, cpus) -> list[dict]:
         todo = [i for i in range(len(units)) if i not in done
                 or set(done[i]["excluded"]) | {b["path"] for b in done[i]["bad_files"]} != unit_files[i] & set(bad)]
         if not todo:
+            if _round == 0:
+                Progress(job.name, "clean", len(units), len(units))
             return [done[i] for i in range(len(units))]
         prog = Progress(job.name, "clean", len(units), len(units) - len(todo))
         items = [{"unit": units[i], "excluded": sorted(unit_files[i] & set(bad)), "out_path":

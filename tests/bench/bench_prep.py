@@ -1,0 +1,208 @@
+"""Benchmark: rayworks prep vs the tokenizer ceiling vs Hugging Face `datasets`, side by side.
+
+    python tests/bench/bench_prep.py                 # 100 MB demo corpus (built from Python's own text)
+    python tests/bench/bench_prep.py --size-mb 1000  # the 1 GB memory check
+
+All three tokenize the same corpus with the same tokenizer (a byte-level BPE trained
+once here) and report tokens/s over wall time:
+
+1. ceiling: ``tokenizers`` ``encode_batch`` over the documents already in memory, one
+   process, all cores (TOKENIZERS_PARALLELISM=true), no I/O;
+2. datasets: ``load_dataset("json")``, ``map(batched=True, num_proc=cores)`` to clean
+   and ``filter`` by length, ``map`` to tokenize, ``map`` to pack to ``seq_len`` with
+   EOS between documents, ``to_parquet``;
+3. rayworks: the prep job end to end (read, clean, dedup, tokenize, pack, write) on a
+   local Ray instance with one worker per core.
+
+Peak memory is the largest sum of proportional set sizes (PSS) of this process and
+all its children (Ray's workers included) seen during each run. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import unicodedata
+from pathlib import Path
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+MIN_CHARS, MAX_CHARS = 64, 200_000
+
+
+class PeakMemory:
+    """Samples the PSS (RSS where PSS is unavailable) of this process tree in a thread."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+
+    def _sample(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                mi = p.memory_full_info()
+                total += getattr(mi, "pss", mi.rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _clean_batch(batch):
+    out = []
+    for s in batch["text"]:
+        s = unicodedata.normalize("NFC", s or "").replace("\r\n", "\n").replace("\r", "\n")
+        out.append(CONTROL.sub("", s).strip())
+    return {"text": out}
+
+
+def _keep(batch):
+    return [MIN_CHARS <= len(s) <= MAX_CHARS for s in batch["text"]]
+
+
+def run_datasets(corpus: Path, tok_dir: Path, out: Path, seq_len: int, cores: int) -> int:
+    """The usual `datasets` pipeline; returns tokens written."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    eos = tok.eos_token_id
+
+    def tokenize(batch):
+        return {"input_ids": [ids + [eos] for ids in tok(batch["text"], add_special_tokens=False)["input_ids"]]}
+
+    def pack(batch):
+        flat = [t for ids in batch["input_ids"] for t in ids]
+        n = len(flat) // seq_len * seq_len
+        return {"input_ids": [flat[i:i + seq_len] for i in range(0, n, seq_len)]}
+
+    ds = datasets.load_dataset("json", data_files=sorted(glob.glob(f"{corpus}/*.jsonl")), split="train",
+                               cache_dir=str(out / "hf-cache"))
+    ds = ds.map(_clean_batch, batched=True, num_proc=cores)
+    ds = ds.filter(_keep, batched=True, num_proc=cores)
+    ds = ds.map(tokenize, batched=True, num_proc=cores, remove_columns=ds.column_names)
+    ds = ds.map(pack, batched=True, batch_size=1000, num_proc=cores)
+    ds.to_parquet(str(out / "train.parquet"))
+    return len(ds) * seq_len
+
+
+def run_ceiling(texts: list[str], tok_dir: Path) -> int:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    n = 0
+    for i in range(0, len(texts), 2000):  # chunks keep the Encoding objects from filling memory
+        n += sum(len(e.ids) + 1 for e in tok.encode_batch(texts[i:i + 2000], add_special_tokens=False))
+    return n
+
+
+def run_rayworks(corpus: Path, tok_dir: Path, out: Path, seq_len: int, cores: int) -> int:
+    import ray
+
+    from rayworks.config.jobs import load_job_data
+    from rayworks.data.job import run
+
+    job = load_job_data({
+        "kind": "prep", "name": "bench", "output_uri": str(out),
+        "inputs": [{"path": f"{corpus}/*.jsonl", "format": "jsonl"}],
+        "clean": {"min_chars": MIN_CHARS, "max_chars": MAX_CHARS}, "tokenizer": {"path": str(tok_dir)},
+        "seq_len": seq_len, "val_fraction": 0.0, "unit_mb": 8, "execution": {"num_workers": cores},
+    }, "bench", Path.cwd())
+    m = run(job)
+    return m["counts"]["sequences"] * seq_len
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=float, default=100.0, help="corpus size (default 100)")
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--cores", type=int, default=os.cpu_count())
+    ap.add_argument("--workdir", default=None, help="keep the corpus and outputs here (default: a temp dir)")
+    args = ap.parse_args(argv)
+    os.environ.update({"TOKENIZERS_PARALLELISM": "true", "RAY_USAGE_STATS_ENABLED": "0",
+                       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="rayworks-bench-prep-"))
+    work.mkdir(parents=True, exist_ok=True)
+    from rayworks.data.corpus import build_python_docs
+    from rayworks.data.tokenizer import save_tokenizer, train_tokenizer
+
+    corpus = work / f"corpus-{args.size_mb:g}mb"
+    if not (corpus / "summary.json").is_file():
+        summary = build_python_docs(corpus, size_mb=args.size_mb, shard_mb=16)
+        (corpus / "summary.json").write_text(json.dumps(summary))
+    summary = json.loads((corpus / "summary.json").read_text())
+    texts = [json.loads(ln)["text"] for p in sorted(corpus.glob("*.jsonl")) for ln in p.open()]
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        cfg = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "extra_special_tokens": [],
+               "vocab_size": args.vocab_size, "min_frequency": 2}
+        sample, size = [], 0
+        for t in texts[::7]:
+            sample.append(t)
+            size += len(t)
+            if size > 16e6:
+                break
+        save_tokenizer(train_tokenizer(sample, cfg), str(tok_dir))
+    print(f"corpus: {summary['documents']:,} documents, {summary['text_mb']:,.1f} MB of text; "
+          f"{args.cores} cores; seq_len {args.seq_len}; vocab {args.vocab_size}", flush=True)
+
+    results = {}
+    for name, fn in [
+        ("ceiling", lambda: run_ceiling(texts, tok_dir)),
+        ("datasets", lambda: run_datasets(corpus, tok_dir, work / "out-datasets", args.seq_len, args.cores)),
+        ("rayworks", lambda: run_rayworks(corpus, tok_dir, work / "out-rayworks", args.seq_len, args.cores)),
+    ]:
+        for d in ("out-datasets", "out-rayworks"):
+            shutil.rmtree(work / d, ignore_errors=True)
+        if name == "rayworks":
+            import ray
+
+            ray.init(num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
+        with PeakMemory() as mem:
+            t0 = time.time()
+            tokens = fn()
+            dt = time.time() - t0
+        if name == "rayworks":
+            import ray
+
+            ray.shutdown()
+        results[name] = {"tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt, "peak_mem_gb": mem.peak / 2**30}
+        print(f"{name:>9}: {tokens:>12,} tokens in {dt:7.1f}s = {tokens / dt:>10,.0f} tokens/s; "
+              f"peak memory {mem.peak / 2**30:.2f} GiB", flush=True)
+    del texts
+    r = results
+    results["ratios"] = {"rayworks/ceiling": r["rayworks"]["tokens_per_s"] / r["ceiling"]["tokens_per_s"],
+                         "rayworks/datasets": r["rayworks"]["tokens_per_s"] / r["datasets"]["tokens_per_s"]}
+    for k, v in results["ratios"].items():
+        print(f"{k}: {v:.2f}")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
