@@ -101,7 +101,7 @@ def test_killed_worker_resumes_without_losing_or_repeating_batches(local_cluster
     _, ref = zero2
     out = tmp_path / "killed"
     cfg = tmp_path / "train.yaml"
-    # Rank 1 SIGKILLs its own process at step 6, after the checkpoint at step 4.
+    # Rank 1 SIGKILLs its own process at step 6, once the controller has registered the step-4 checkpoint.
     cfg.write_text(yaml.safe_dump(train_dict(prep, out, "killed", RAYWORKS_TRAIN_KILL_AT_STEP="6:1")))
     proc = local_cluster.rayworks("submit", str(cfg), "--cluster", str(local_cluster.spec_path), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

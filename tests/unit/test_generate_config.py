@@ -160,7 +160,7 @@ def test_engine_config_cpu_bundle_is_explicit(tmp_path):
     job = make(tmp_path, engine={"max_model_len": 64, "num_cpus_per_replica": 2, "num_replicas": 2, "batch_size": 16})
     cfg = engine.processor_config(job)
     assert [(b["CPU"], b.get("GPU", 0)) for b in cfg.placement_group_config["bundles"]] == [(2, 0)]
-    assert cfg.concurrency == 2 and cfg.batch_size == 16
+    assert tuple(cfg.concurrency) == (2, 2) and cfg.batch_size == 16
     assert cfg.engine_kwargs["max_model_len"] == 64
     assert cfg.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     row = {"index": 3, "prompt": "p", "token_ids": [1, 2], "sampling": json.dumps({"max_tokens": 4}), "budget": 4}

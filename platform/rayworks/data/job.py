@@ -280,7 +280,7 @@ def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> 
         rows = sum(s["rows"] for s in shards)
         splits[split] = {"shards": shards, "num_sequences": rows, "num_tokens": rows * seq_len,
                          "documents": sum(p["splits"][split]["documents"] for p in packed)}
-        if rows == 0:
+        if rows == 0 and (split == "train" or job.val_fraction > 0):
             print(f"[prep] warning: the {split} split has no full sequence of {seq_len} tokens; add data, "
                   f"lower seq_len or {'raise' if split == 'val' else 'lower'} val_fraction", flush=True)
     dropped: dict[str, int] = {}

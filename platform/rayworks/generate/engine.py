@@ -61,7 +61,9 @@ def processor_config(job: GenerateJob):
         model_source=job.model,
         engine_kwargs=engine_kwargs(job),
         runtime_env={"env_vars": engine_env(job)},
-        concurrency=e.num_replicas,
+        # A fixed pool: every replica starts (and loads its model) at once, instead of
+        # Ray Data's autoscaling pool growing from one engine while the others wait.
+        concurrency=(e.num_replicas, e.num_replicas),
         batch_size=e.batch_size,
         max_concurrent_batches=e.max_concurrent_batches,
         accelerator_type=e.accelerator_type if e.device == "gpu" else None,

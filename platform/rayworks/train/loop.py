@@ -37,7 +37,15 @@ def _micro_batches(iterator, micro_batch: int):
         yield b
 
 
-def _maybe_inject_fault(step: int, rank: int, output_uri: str) -> None:
+def _maybe_inject_fault(step: int, rank: int, cfg: dict) -> None:
+    """Test hook: with RAYWORKS_TRAIN_KILL_AT_STEP=STEP[:RANK], that worker SIGKILLs itself once.
+
+    It first waits until Ray Train's controller has registered the last checkpoint
+    (its snapshot names it): the controller collects reports when it polls the
+    workers (every 2 s), and a worker that dies before that poll loses the report,
+    so the run would resume one checkpoint earlier. That is correct behaviour (the
+    data start has a one-checkpoint margin for it) but not the case the test pins down.
+    """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -46,9 +54,16 @@ def _maybe_inject_fault(step: int, rank: int, output_uri: str) -> None:
         return
     from rayworks.train import storage
 
-    marker = storage.join(output_uri, f"fault_injected_step{at}")
+    marker = storage.join(cfg["output_uri"], f"fault_injected_step{at}")
     if storage.exists(marker):
         return
+    last = (step - 1) // cfg["checkpoint_every"] * cfg["checkpoint_every"]
+    snapshot = storage.join(cfg["ray_run_dir"], "checkpoint_manager_snapshot.json")
+    deadline = time.time() + 120
+    while last and time.time() < deadline:
+        if storage.exists(snapshot) and f"checkpoint_{last:08d}" in storage.read_bytes(snapshot).decode():
+            break
+        time.sleep(0.5)
     storage.write_bytes(marker, f"rank {rank} pid {os.getpid()} killed itself at step {step}\n".encode())
     print(f"[rayworks] {FAULT_ENV}: rank {rank} (pid {os.getpid()}) sends itself SIGKILL at step {step}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -134,7 +149,7 @@ def train_loop(cfg: dict) -> None:
 
     while step < num_steps:
         step += 1
-        _maybe_inject_fault(step, rank, cfg["output_uri"])
+        _maybe_inject_fault(step, rank, cfg)
         for _ in range(ga):
             b = next(batches)
             while int(b["step"][0]) < step:  # rows before the resume point (see rayworks.train.data)
