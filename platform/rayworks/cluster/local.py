@@ -87,7 +87,7 @@ def head_env(spec: ClusterSpec) -> dict[str, str]:
     return env
 
 
-def up(spec: ClusterSpec, timeout_s: float = 120, quiet: bool = False) -> dict:
+def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
     """Starts the local head unless it is already running; returns its state."""
     if spec.provider.type != "local":
         raise ConfigError(f"`rayworks up` starts local clusters; spec {spec.name!r} is provider.type="
