@@ -20,7 +20,8 @@ import yaml
 
 NUM_PROMPTS = 320
 CHUNK = 16
-BAD = {17: "missing prompt field", 41: "tokens; the context", 99: "unknown keys"}
+BAD = {17: ("missing_prompt", "missing prompt field 'prompt'"), 41: ("too_long", "tokens; the context"),
+       99: ("bad_sampling", "unknown keys ['best_of']")}
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +149,9 @@ def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup):
 
     errs = {e["index"]: e for e in pq.read_table(out / "errors.parquet").to_pylist()}
     assert set(errs) == set(BAD)
-    for i, reason in BAD.items():
-        assert reason in errs[i]["reason"] and errs[i]["id"] == f"p{i:04d}"
+    for i, (code, reason) in BAD.items():
+        assert errs[i]["error"] == code and reason in errs[i]["reason"] and errs[i]["id"] == f"p{i:04d}"
+    assert summary["errors_by_type"] == {"bad_sampling": 1, "missing_prompt": 1, "too_long": 1}
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "generate" and manifest["name"] == "gen-test"

@@ -92,6 +92,8 @@ def test_vet_sorts_bad_rows_into_errors(tmp_path):
     assert "21 tokens" in reasons[2] and "max_model_len" in reasons[2]
     assert "unknown keys ['n']" in reasons[4]
     assert "not valid JSON" in reasons[6]
+    codes = {e["index"]: e["error"] for e in p.errors}
+    assert codes == {1: "missing_prompt", 2: "too_long", 4: "bad_sampling", 5: "missing_prompt", 6: "bad_json"}
     row = p.good[1]
     assert json.loads(row["sampling"])["stop"] == ["."] and json.loads(row["sampling"])["max_tokens"] == 2
     assert row["budget"] == 2 and p.good[0]["budget"] == 4
@@ -161,7 +163,8 @@ def test_engine_config_cpu_bundle_is_explicit(tmp_path):
     cfg = engine.processor_config(job)
     assert [(b["CPU"], b.get("GPU", 0)) for b in cfg.placement_group_config["bundles"]] == [(2, 0)]
     assert tuple(cfg.concurrency) == (2, 2) and cfg.batch_size == 16
-    assert cfg.engine_kwargs["max_model_len"] == 64
+    assert cfg.engine_kwargs["max_model_len"] == 64 and "enable_chunked_prefill" not in cfg.engine_kwargs
+    assert engine.processor_config(job, seeded=True).engine_kwargs["enable_chunked_prefill"] is False
     assert cfg.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     row = {"index": 3, "prompt": "p", "token_ids": [1, 2], "sampling": json.dumps({"max_tokens": 4}), "budget": 4}
     assert engine._preprocess(row)["tokenized_prompt"] == [1, 2]

@@ -103,6 +103,19 @@ def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
         raise ClusterError(f"a Ray dashboard at {spec.dashboard_url} refused our token: another cluster holds "
                            "that port. Stop it, or change dashboard.port in the spec")
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):
+        try:
+            return _start(spec, timeout_s, quiet)
+        except ClusterError as exc:
+            # Ray gives the raylet a fixed 30 s to register; on a loaded 2-core box it can miss it.
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            print(f"ray start timed out registering the node (machine busy); retrying ({attempt + 2}/3)")
+    raise AssertionError("unreachable")
+
+
+def _start(spec: ClusterSpec, timeout_s: float, quiet: bool) -> dict:
+    """One `ray start --head --block` in its own process group, waited on until healthy."""
     log_path = STATE_DIR / f"{spec.name}.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen(head_command(spec), env=head_env(spec), stdout=log, stderr=subprocess.STDOUT,
@@ -115,7 +128,7 @@ def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
     while time.time() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-1500:]
-            state_file(spec).unlink(missing_ok=True)
+            down(spec, quiet=True)  # reap whatever the failed start left in its process group
             raise ClusterError(f"`ray start` exited with code {proc.returncode}; last log lines:\n{tail}")
         if probe(spec) == "up" and _gcs_ready(spec):
             if not quiet:

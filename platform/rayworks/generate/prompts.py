@@ -29,7 +29,7 @@ class Prompts:
     """The vetted input: rows to generate and rows that go to the errors file."""
 
     good: list[dict] = field(default_factory=list)    # index, id, prompt, token_ids, sampling (json str)
-    errors: list[dict] = field(default_factory=list)  # index, id, reason
+    errors: list[dict] = field(default_factory=list)  # index, id, error (a code), reason, prompt
     num_rows: int = 0
     files: list[str] = field(default_factory=list)
     sha256: list[str] = field(default_factory=list)
@@ -136,23 +136,24 @@ def vet(job: GenerateJob, rows: list[dict], tokenizer) -> Prompts:
     pending: list[dict] = []
     for i, row in enumerate(rows):
         pid = str(row.get(idf)) if idf and row.get(idf) is not None else str(i)
-        reason = row.get("__error__")
+        code, reason = ("bad_json", row["__error__"]) if "__error__" in row else (None, None)
         prompt = row.get(pf)
         if reason is None and idf and row.get(idf) is None:
-            reason = f"missing id field {idf!r}"
+            code, reason = "missing_id", f"missing id field {idf!r}"
         elif reason is None and pid in seen:
-            reason = f"duplicate prompt id {pid!r}"
+            code, reason = "duplicate_id", f"duplicate prompt id {pid!r}"
         if reason is None and (not isinstance(prompt, str) or not prompt.strip()):
+            code = "missing_prompt"
             reason = f"missing prompt field {pf!r}" if prompt is None else f"prompt field {pf!r} is empty or not text"
         sampling = None
         if reason is None:
             try:
                 sampling = row_sampling(job, row.get(sf) if sf else None)
             except (ValueError, json.JSONDecodeError) as exc:
-                reason = str(exc)
+                code, reason = "bad_sampling", str(exc)
         seen.add(pid)
         if reason is not None:
-            out.errors.append({"index": i, "id": pid, "reason": reason, "prompt": _clip(prompt)})
+            out.errors.append({"index": i, "id": pid, "error": code, "reason": reason, "prompt": _clip(prompt)})
             continue
         text = prompt
         if job.chat_template:
@@ -170,7 +171,7 @@ def vet(job: GenerateJob, rows: list[dict], tokenizer) -> Prompts:
     limit = job.engine.max_model_len
     for p, tok in zip(pending, ids):
         if len(tok) >= limit:
-            out.errors.append({"index": p["index"], "id": p["id"], "prompt": _clip(p["prompt"]),
+            out.errors.append({"index": p["index"], "id": p["id"], "prompt": _clip(p["prompt"]), "error": "too_long",
                                "reason": f"prompt has {len(tok)} tokens; the context (engine.max_model_len) is "
                                          f"{limit} and at least one must be left to generate"})
             continue

@@ -153,7 +153,6 @@ class Gate:
         self.auth = bool(api_keys_env or api_keys_file)
         self.models = dict(models or {})
         self.run = run
-        self._metrics = None
 
     def _count(self, what: str, **tags: str) -> None:
         try:

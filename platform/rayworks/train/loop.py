@@ -107,7 +107,8 @@ def train_loop(cfg: dict) -> None:
     if ckpt:
         with ckpt.as_directory() as d:
             _, client = engine.load_checkpoint(d, tag=CKPT_TAG)
-        state.update(client or {})
+        # DeepSpeed hands back its own metadata keys too; keep ours only (it refuses its keys on save).
+        state.update({k: v for k, v in (client or {}).items() if k in state})
         state["resumed_from"] = list(state["resumed_from"]) + [state["step"]]
         if rank == 0:
             print(f"[rayworks] resumed from checkpoint at step {state['step']} "
