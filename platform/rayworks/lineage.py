@@ -40,7 +40,8 @@ def find_model(model_id: str, storage_uri: str) -> str:
         if info.path.endswith("/manifest.json"):
             uri = info.path if "://" not in storage_uri else f"{storage_uri.split('://')[0]}://{info.path}"
             man = json.loads(read_bytes(uri) or b"{}")
-            ids = [m.get("id") for m in man.get("models", [])]
+            ids = [m.get("id") for m in (man.get("config") or {}).get("models", [])]
+            ids += [i.get("model") for i in man.get("inputs") or [] if isinstance(i, dict)]
             if model_id in ids:
                 found.append((info.mtime_ns or 0, uri))
     if not found:
@@ -49,27 +50,40 @@ def find_model(model_id: str, storage_uri: str) -> str:
     return max(found)[1]
 
 
-def _parents(man: dict) -> list[dict]:
-    """The manifest's inputs that are themselves artifacts or files, as {path, sha256}."""
+def _parents(man: dict, path: str) -> list[dict]:
+    """The artifacts and files a manifest names as its inputs, as {path, sha256, what}."""
     out = []
-    for inp in man.get("inputs") or []:
+    if man.get("kind") == "export":
+        # export -> checkpoint it was consolidated from -> the training run's manifest -> prep
+        if man.get("checkpoint"):
+            out.append({"path": man["checkpoint"], "sha256": None, "what": "checkpoint", "dir": True})
+        run_manifest = f"{path.rsplit('/', 2)[0]}/manifest.json"
+        if read_bytes(run_manifest) is not None:
+            out.append({"path": run_manifest, "sha256": None, "what": "training run"})
+            return out
+        prep = man.get("prep_manifest") or {}
+        if prep.get("path"):
+            out.append({"path": prep["path"], "sha256": prep.get("sha256"), "what": "prep"})
+        return out
+    inputs = man.get("inputs") or []
+    if isinstance(inputs, dict):
+        inputs = [{"what": k, **v} for k, v in inputs.items() if isinstance(v, dict)]
+    for inp in inputs:
         if isinstance(inp, dict):
-            path = inp.get("manifest") or inp.get("path") or inp.get("uri")
-            if path:
-                out.append({"path": path, "sha256": inp.get("sha256") or inp.get("manifest_sha256"),
-                            "what": inp.get("kind") or inp.get("what")})
+            p = inp.get("manifest") or inp.get("path") or inp.get("uri")
+            if p:
+                out.append({"path": p, "sha256": inp.get("sha256") or inp.get("manifest_sha256"),
+                            "what": inp.get("what") or inp.get("kind") or inp.get("model")})
     return out
 
 
 def _facts(man: dict) -> str:
-    keys = ("name", "config_hash", "step", "final_train_loss", "final_val_loss", "models")
+    keys = ("name", "run_name", "config_hash", "step", "steps", "train_loss", "val_loss", "app_name")
     parts = []
     for k in keys:
         if k in man and man[k] is not None:
             v = man[k]
-            if k == "models":
-                v = ",".join(m.get("id", "?") for m in v)
-            elif k == "config_hash":
+            if k == "config_hash":
                 v = str(v)[:12]
             elif isinstance(v, float):
                 v = f"{v:.4f}"
@@ -90,9 +104,17 @@ def chain(start: str, storage_uri: str | None = None) -> list[dict]:
         path = find_model(start, storage_uri)
     nodes: list[dict] = []
 
-    def walk(p: str, expected_sha: str | None, depth: int, what: str | None) -> None:
-        data = read_bytes(p)
+    def walk(p: str, expected_sha: str | None, depth: int, what: str | None, is_dir: bool = False) -> None:
         node = {"depth": depth, "path": p, "what": what}
+        if is_dir:
+            from pyarrow import fs
+
+            fs_, fpath = filesystem(p)
+            ok = fs_.get_file_info(fpath).type == fs.FileType.Directory
+            node.update(kind=what or "dir", status="ok" if ok else "MISSING")
+            nodes.append(node)
+            return
+        data = read_bytes(p)
         if data is None:
             node.update(kind="missing", status="MISSING")
             nodes.append(node)
@@ -114,7 +136,10 @@ def chain(start: str, storage_uri: str | None = None) -> list[dict]:
         node["kind"] = man["kind"]
         node["facts"] = _facts(man)
         nodes.append(node)
-        for parent in _parents(man):
+        for parent in _parents(man, p):
+            if parent.get("dir"):
+                walk(parent["path"], None, depth + 1, parent["what"], is_dir=True)
+                continue
             pp = _manifest_path(parent["path"]) or parent["path"]
             walk(pp, parent["sha256"], depth + 1, parent.get("what"))
 

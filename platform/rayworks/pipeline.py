@@ -150,6 +150,8 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         job = pipe.stage_job(stage, links)
         from rayworks.preflight import preflight
 
+        if stage == "serve" and spec.provider.type == "local":
+            ensure_api_key(job)
         preflight(job, spec)
         jobs[stage] = job
         outs = stage_outputs(stage, job, spec)
@@ -158,8 +160,6 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         rec = None if stage in pipe.force else _up_to_date(rec_uri, key, outs["manifest"])
         if rec and stage == "serve" and not _healthy(job, spec):
             rec = None
-        if stage == "serve" and spec.provider.type == "local":
-            ensure_api_key(job)
         if rec:
             _say(f"{stage}: skipped, up to date (same config and inputs; output {outs['output']})")
             status = "skipped"
@@ -189,6 +189,7 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         summary["api_url"] = f"{base}/v1"
         summary["model_id"] = jobs["serve"].models[0].id
         summary["key_env"] = key_env
+        summary["key_file"] = jobs["serve"].auth.api_keys_file
         if pipe.smoke_test.enabled:
             summary["smoke_text"] = smoke_test(jobs["serve"], spec, pipe)
     print_summary(summary, pipe)
@@ -203,13 +204,19 @@ def print_summary(s: dict, pipe: PipelineJob) -> None:
     print(f"  dashboard: {s['dashboard_url']}")
     if "api_url" not in s:
         return
-    key = f"${s['key_env']}" if s.get("key_env") else "<your key>"
+    # Point at where the key lives; never print the key itself.
+    if s.get("key_env"):
+        key, py_key = f"${s['key_env']}", f"os.environ['{s['key_env']}']"
+    elif s.get("key_file"):
+        short = s["key_file"].replace(os.path.expanduser("~"), "~", 1)
+        key, py_key = f"$(head -1 {short})", f"open(os.path.expanduser('{short}')).readline().strip()"
+    else:
+        key, py_key = "<your key>", "'none'"
     print(f"  API:       {s['api_url']}   (model {s['model_id']!r})")
     if "smoke_text" in s:
         print(f"  smoke test: {pipe.smoke_test.prompt!r} -> {s['smoke_text']!r}")
     print("\n  try it:")
-    print(f"    curl {s['api_url']}/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\")
+    print(f"    curl {s['api_url']}/completions -H \"Authorization: Bearer {key}\" -H 'Content-Type: application/json' \\")
     print(f"      -d '{{\"model\": \"{s['model_id']}\", \"prompt\": \"def \", \"max_tokens\": 32}}'")
-    env = s.get("key_env") or "API_KEY"
-    print(f"    python -c \"import os, openai; c = openai.OpenAI(base_url='{s['api_url']}', api_key=os.environ['{env}']); "
+    print(f"    python -c \"import os, openai; c = openai.OpenAI(base_url='{s['api_url']}', api_key={py_key}); "
           f"print(c.completions.create(model='{s['model_id']}', prompt='def ', max_tokens=32).choices[0].text)\"")

@@ -59,7 +59,7 @@ def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, o
     from rayworks.generate.job import run
 
     # address="local": a fresh instance even where another Ray runs on this machine.
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=f"/tmp/rw{port_base}",
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=f"/tmp/rw{port_base}-bench",
              log_to_driver=False)
     job = load_job_data({
         "kind": "generate", "name": "bench", "model": model, "input": {"path": prompts_path},

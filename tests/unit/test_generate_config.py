@@ -167,7 +167,13 @@ def test_engine_config_cpu_bundle_is_explicit(tmp_path):
     assert engine.processor_config(job, seeded=True).engine_kwargs["enable_chunked_prefill"] is False
     assert cfg.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     row = {"index": 3, "prompt": "p", "token_ids": [1, 2], "sampling": json.dumps({"max_tokens": 4}), "budget": 4}
-    assert engine._preprocess(row)["tokenized_prompt"] == [1, 2]
+    pre = engine._preprocess(row)
+    assert pre["tokenized_prompt"] == [1, 2] and pre["sampling_params"]["max_tokens"] == 4
+    from vllm import SamplingParams
+
+    SamplingParams(**pre["sampling_params"])  # what the engine stage builds from the row
     out = engine._postprocess({"index": 3, "generated_text": "x", "num_generated_tokens": 4, "num_input_tokens": 2,
-                               "budget": 4, "generated_tokens": [5, 6, 7, 8], "metrics": None})
-    assert out["finish_reason"] == "length" and out["num_output_tokens"] == 4
+                               "budget": 4, "generated_tokens": [5, 6, 7, 8], "time_taken_llm": 1.5})
+    assert out["finish_reason"] == "length" and out["num_output_tokens"] == 4 and out["arrival_ts"] > 0
+    assert engine._postprocess({**out, "generated_text": "", "num_generated_tokens": 2, "num_input_tokens": 2,
+                                "budget": 4, "time_taken_llm": 0.1})["finish_reason"] == "stop"

@@ -87,6 +87,9 @@ class EngineSpec(StrictModel):
                           "false on gpu (CUDA graphs pay off over a whole dataset).")
     kv_cache_space_gb: float = Field(1.0, gt=0, description="CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use.")
+    log_engine_metrics: bool = Field(
+        False, description="Also export vLLM's own engine metrics (TTFT, KV cache use, ...) to Ray's Prometheus "
+                           "endpoint; costs per-step bookkeeping. The job's prompts/s and tokens/s are always exported.")
     engine_kwargs: dict = Field(default_factory=dict, description="Extra vLLM engine arguments, passed through.")
 
     @model_validator(mode="after")

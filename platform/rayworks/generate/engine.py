@@ -18,6 +18,7 @@ plain ``LLM.generate`` call):
 from __future__ import annotations
 
 import json
+import time
 
 from rayworks.config.generate import GenerateJob
 
@@ -78,14 +79,23 @@ def processor_config(job: GenerateJob, seeded: bool = False):
         chat_template_stage=False,
         tokenize_stage=False,
         detokenize_stage=False,
-        # Engine metrics (TTFT, KV usage) go to Ray's Prometheus endpoint with ours.
-        log_engine_metrics=True,
+        # vLLM's own engine metrics (TTFT, KV usage) to Ray's Prometheus endpoint: per-step
+        # bookkeeping that LLM.generate skips, so it is opt-in.
+        log_engine_metrics=e.log_engine_metrics,
     )
 
 
+# vLLM's async engine streams a RequestOutput per token per request by default; the
+# stage only wants the final one. LLM.generate asks for FINAL_ONLY (an enum that cannot
+# travel in an Arrow row); a stream interval longer than any completion has the same
+# effect: one output at the first token, one at the end.
+_STREAM_INTERVAL = 1 << 30
+
+
 def _preprocess(row: dict) -> dict:
-    return dict(index=row["index"], tokenized_prompt=row["token_ids"], prompt=row["prompt"],
-                sampling_params=json.loads(row["sampling"]))
+    sp = json.loads(row["sampling"])
+    sp["stream_interval"] = _STREAM_INTERVAL
+    return dict(index=row["index"], tokenized_prompt=row["token_ids"], prompt=row["prompt"], sampling_params=sp)
 
 
 def _postprocess(row: dict) -> dict:
@@ -93,11 +103,11 @@ def _postprocess(row: dict) -> dict:
     # ray.data.llm returns no finish reason; vLLM stops for length exactly when the
     # budget (max_tokens, or what the context leaves) is used up, else on EOS or a stop.
     finish = "length" if n_out >= int(row["budget"]) else "stop"
-    metrics = row.get("metrics") or {}
     return dict(index=int(row["index"]), generated_text=row["generated_text"], finish_reason=finish,
                 num_prompt_tokens=int(row["num_input_tokens"]), num_output_tokens=n_out,
-                # Wall-clock time the engine accepted the request: the first one marks "engine ready".
-                arrival_ts=float(metrics.get("arrival_time") or 0.0))
+                # No later than the request reached the engine (the batch finished before this
+                # runs): the earliest over all rows marks "engine ready" for the throughput figures.
+                arrival_ts=time.time() - float(row.get("time_taken_llm") or 0.0))
 
 
 def build(job: GenerateJob, seeded: bool = False):

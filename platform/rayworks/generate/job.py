@@ -136,7 +136,8 @@ def generate(job: GenerateJob, out: str, pending: dict[int, list[dict]], run_id:
     t_end = time.time()
     if got:
         raise RuntimeError(f"the engines returned incomplete chunks {sorted(got)}; rerun to resume")
-    # Engine start = from submitting the dataset to the first request the engine accepted.
+    # Engine start = from submitting the dataset to the first request the engine took (see
+    # engine._postprocess); generation = from then to the last row back.
     ready = first_arrival if first_arrival and t_start <= first_arrival <= t_end else t_first
     return {"num_generated": progress.done, "num_output_tokens": progress.tokens,
             "wall_s": t_end - t_start, "engine_start_s": ready - t_start, "generation_s": t_end - ready,
