@@ -192,6 +192,8 @@ def train_loop(cfg: dict) -> None:
         if do_ckpt:
             digests = [None] * world
             dist.all_gather_object(digests, digest.hexdigest())
+            # Chain from the checkpointed value, exactly as a run resumed from this checkpoint will.
+            digest = hashlib.sha256(digest.hexdigest().encode())
             state.update(step=step, digests=digests)
             out["data_digest"] = hashlib.sha256("".join(digests).encode()).hexdigest()
             tmp = tempfile.mkdtemp(prefix=f"rw-ckpt-r{rank}-")
