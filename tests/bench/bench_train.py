@@ -118,7 +118,7 @@ def run_rayworks(a, prep: str, out: str) -> dict:
     job = load_job_data(d, "bench", Path("/"))
     prep_info = check_job_inputs(job)
     if not ray.is_initialized():
-        ray.init(num_cpus=a.workers + 2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=a.workers + 2, include_dashboard=False, log_to_driver=False)
     result = build_trainer(job, prep_info, out, a.steps).fit()
     if result.error:
         raise result.error
