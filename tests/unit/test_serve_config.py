@@ -160,6 +160,14 @@ def test_build_app_wires_gate_in_front_of_rays_ingress(tmp_path, monkeypatch):
     from rayworks.serve.render import app_args
 
     monkeypatch.setenv("RW_TEST_KEYS", "k")
+    # Ray's builder reads the caller's runtime env; without a cluster that would auto-start
+    # (or join) one. This test is about the app graph only.
+    import ray
+
+    class _NoCluster:
+        runtime_env: dict = {}
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: _NoCluster())
     args = app_args(load_job(write_job(tmp_path)))
     app = build_app(json.loads(json.dumps(args)))  # the args survive a YAML/JSON round trip
     assert isinstance(app, Application)

@@ -174,6 +174,11 @@ def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
             continue
         break
     state_file(spec).unlink(missing_ok=True)
+    # Killed processes leave Ray's address file behind; a later plain ray.init() would then
+    # wait on a dead GCS instead of starting its own cluster.
+    addr = Path(st.get("temp_dir") or spec.local.temp_dir) / "ray_current_cluster"
+    if addr.is_file() and addr.read_text().strip().endswith(f":{spec.local.gcs_port}"):
+        addr.unlink(missing_ok=True)
     if not quiet:
         print(f"cluster {spec.name!r} stopped")
     return True
