@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import requests
 import yaml
 
@@ -52,7 +53,15 @@ def _stages(out: str) -> dict[str, str]:
     return dict(re.findall(r"^\s+(prep|train|serve)\s+(ran|skipped)\s", out, re.M))
 
 
-def test_pipeline_end_to_end(local_cluster, tmp_path):
+@pytest.fixture
+def cleanup_app(ray_on_cluster):
+    yield
+    from ray import serve
+
+    serve.delete("e2e-serve")  # free the replica's CPUs for the next modules
+
+
+def test_pipeline_end_to_end(local_cluster, tmp_path, cleanup_app):
     pipe = _pipeline(tmp_path, local_cluster)
     first = local_cluster.rayworks("run", pipe, "--quiet", timeout=1500)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
