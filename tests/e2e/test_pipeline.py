@@ -38,7 +38,7 @@ def _pipeline(tmp_path, local_cluster) -> str:
                           "checkpoint_every_steps": 12}},
         "serve": {"kind": "serve", "name": "e2e-serve",
                   "models": [{"id": MODEL_ID, "accelerator": "cpu",
-                              "engine": {"max_model_len": 256, "dtype": "float32", "cpu_kv_cache_gb": 0.5,
+                              "engine": {"max_model_len": 256, "dtype": "float32", "cpu_kv_cache_gb": 1,
                                          "enforce_eager": True}}],
                   "http": {"route_prefix": "/e2e"},
                   "auth": {"api_keys_file": str(keys)}},

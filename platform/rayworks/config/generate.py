@@ -85,7 +85,8 @@ class EngineSpec(StrictModel):
     enforce_eager: bool | None = Field(
         None, description="Skip graph capture/compilation (faster start, slower steps); default: true on cpu, "
                           "false on gpu (CUDA graphs pay off over a whole dataset).")
-    kv_cache_space_gb: float = Field(1.0, gt=0, description="CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).")
+    kv_cache_space_gb: int = Field(1, ge=1, description="CPU only: whole GiB of RAM for the KV cache "
+                                                        "(VLLM_CPU_KVCACHE_SPACE; vLLM reads an integer).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use.")
     log_engine_metrics: bool = Field(
         False, description="Also export vLLM's own engine metrics (TTFT, KV cache use, ...) to Ray's Prometheus "

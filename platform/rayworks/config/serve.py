@@ -34,8 +34,9 @@ class EngineSettings(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs (or CPU workers) each replica shards the model over.")
     gpu_memory_fraction: float = Field(
         0.9, gt=0, le=1, description="GPU only: share of each GPU's memory vLLM may use (weights + KV cache).")
-    cpu_kv_cache_gb: float = Field(
-        1.0, gt=0, description="CPU only: GiB of RAM for the KV cache per replica (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_kv_cache_gb: int = Field(
+        1, ge=1, description="CPU only: whole GiB of RAM for the KV cache per replica (VLLM_CPU_KVCACHE_SPACE; "
+                             "vLLM reads an integer).")
     enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile: faster start, slower decode.")
     max_num_seqs: int | None = Field(None, ge=1, description="Most sequences batched at once per replica (vLLM default if unset).")
     extra: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine kwargs, passed through as given.")
