@@ -189,6 +189,7 @@ def test_rollout_drops_no_request(served):
         t.start()
     try:
         proc = served["cluster"].rayworks("serve", "update", "--model", "tiny", "--source", str(served["v2"]),
+                                          "--name", "svtest",  # other serve jobs share this cluster's storage
                                           "--cluster", str(served["spec_path"]), timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         deadline = time.time() + 60  # old replicas drain; new requests already go to the new ones
