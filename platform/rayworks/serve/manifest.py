@@ -15,36 +15,9 @@ from typing import Any
 
 from rayworks.config.base import config_hash
 from rayworks.config.serve import ServeJob
+from rayworks.storage import filesystem, read_bytes, write_bytes
 
 EXPORT_MANIFEST = "rayworks_export.json"
-
-
-def _fs(uri: str):
-    """(pyarrow filesystem, path) for a local path or an s3:// / gs:// URI."""
-    from pyarrow import fs
-
-    if "://" in uri:
-        return fs.FileSystem.from_uri(uri)
-    return fs.LocalFileSystem(), uri
-
-
-def read_bytes(uri: str) -> bytes | None:
-    """The file's bytes, or None if it does not exist."""
-    filesystem, path = _fs(uri)
-    from pyarrow import fs
-
-    if filesystem.get_file_info(path).type != fs.FileType.File:
-        return None
-    with filesystem.open_input_stream(path) as f:
-        return f.read()
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    filesystem, path = _fs(uri)
-    parent = path.rsplit("/", 1)[0]
-    filesystem.create_dir(parent, recursive=True)
-    with filesystem.open_output_stream(path) as f:
-        f.write(data)
 
 
 def manifest_uri(storage_uri: str, name: str) -> str:
@@ -120,9 +93,9 @@ def list_names(storage_uri: str) -> list[str]:
     """Names of the serve jobs that have a manifest under storage."""
     from pyarrow import fs
 
-    filesystem, path = _fs(f"{storage_uri.rstrip('/')}/serve")
+    filesystem_, path = filesystem(f"{storage_uri.rstrip('/')}/serve")
     try:
-        infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+        infos = filesystem_.get_file_info(fs.FileSelector(path, allow_not_found=True))
     except Exception:  # noqa: BLE001
         return []
     return sorted(i.base_name for i in infos if i.type == fs.FileType.Directory
