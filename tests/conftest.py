@@ -27,6 +27,16 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAG
     os.environ.setdefault(_k, _v)
 
 
+def load_dashboard_generator():
+    """dashboards/generate.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rayworks_dashboards_generate", REPO / "dashboards" / "generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 

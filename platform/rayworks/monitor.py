@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -186,17 +185,9 @@ def stop_prometheus(spec: ClusterSpec, timeout_s: float = 20, quiet: bool = Fals
         if not quiet:
             print(f"no Prometheus was started by rayworks for {spec.name!r}; nothing to stop")
         return False
-    pid = st["pid"]
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pid, sig)  # its own session: the group holds only Prometheus
-        except ProcessLookupError:
-            break
-        deadline = time.time() + wait
-        while time.time() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if not _alive(pid):
-            break
+    from rayworks.cluster.local import stop_process_group
+
+    stop_process_group(st["pid"], timeout_s)  # its own session: the group holds only Prometheus
     p["state"].unlink(missing_ok=True)
     if not quiet:
         print(f"prometheus for {spec.name!r} stopped")

@@ -12,7 +12,6 @@ cluster without any.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from conftest import load_dashboard_generator
 
 from tinymodel import make_tiny_model
 
@@ -34,14 +34,7 @@ SERVE_APP = "montest"
 SETTLE_S = 150  # series from a finished job reach Prometheus within a report interval plus a scrape
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("rayworks_dashboards_generate", REPO / "dashboards" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gen = _generator()
+gen = load_dashboard_generator()
 
 
 @pytest.fixture(scope="module")

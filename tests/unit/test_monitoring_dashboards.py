@@ -7,25 +7,18 @@ tests/integration/test_monitoring.py against a real Prometheus.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_dashboard_generator
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("rayworks_dashboards_generate", REPO / "dashboards" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gen = _generator()
+gen = load_dashboard_generator()
 MODELS = gen.committed_dashboards()
 PANELS = [(name, p) for name, m in MODELS.items() for p in m["panels"] if p.get("type") != "row"]
 

@@ -150,6 +150,22 @@ def _gcs_ready(spec: ClusterSpec) -> bool:
         return False
 
 
+def stop_process_group(pgid: int, timeout_s: float) -> None:
+    """SIGTERM a process group, wait up to timeout_s, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.3)
+
+
 def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
     """Stops what `up` started (its process group); returns False if nothing was running."""
     st = read_state(spec)
@@ -157,22 +173,7 @@ def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
         if not quiet:
             print(f"cluster {spec.name!r} was not started by rayworks (no state file); nothing to stop")
         return False
-    pgid = st["pgid"]
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.3)
-        else:
-            continue
-        break
+    stop_process_group(st["pgid"], timeout_s)
     state_file(spec).unlink(missing_ok=True)
     # Killed processes leave Ray's address file behind; a later plain ray.init() would then
     # wait on a dead GCS instead of starting its own cluster.
