@@ -90,11 +90,15 @@ async def load(url: str, key: str | None) -> dict:
             "ttft_p90_ms": 1000 * ttft[int(0.9 * len(ttft))], "tokens": tokens, "wall_s": wall}
 
 
-def wait_http(url: str, timeout_s: float = 900, key: str | None = None) -> None:
+def wait_http(url: str, timeout_s: float = 900, key: str | None = None,
+              proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     import requests
 
     deadline = time.time() + timeout_s
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log else ""
+            raise RuntimeError(f"server exited with rc {proc.returncode} before serving:\n{tail}")
         try:
             hdr = {"Authorization": f"Bearer {key}"} if key else {}
             if requests.get(f"{url}/v1/models", headers=hdr, timeout=5).status_code == 200:
@@ -109,12 +113,13 @@ def run_vllm(model: str) -> dict:
     port = BASE
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
            "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(ENGINE["max_model_len"]),
-           "--dtype", ENGINE["dtype"], "--enforce-eager", "--api-key", KEY, "--disable-log-requests"]
-    log = open(Path(tempfile.gettempdir()) / f"bench_serve_vllm_{port}.log", "w")
+           "--dtype", ENGINE["dtype"], "--enforce-eager", "--api-key", KEY]
+    log_path = Path(tempfile.gettempdir()) / f"bench_serve_vllm_{port}.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}", key=KEY)
+        wait_http(f"http://127.0.0.1:{port}", key=KEY, proc=proc, log=log_path)
         return asyncio.run(load(f"http://127.0.0.1:{port}", KEY))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,16 @@ def test_ranks_split_each_global_batch():
     p0, p1 = plan.positions(0, steps), plan.positions(1, steps)
     assert sorted(np.concatenate([p0, p1]).tolist()) == list(range(36, 48))
     assert plan.start_step() == 1
+
+
+@pytest.mark.parametrize("value,expected", [("9.0a", "9.0"), ("8.0;9.0a+PTX", "8.0;9.0+PTX"),
+                                            ("10.0f 12.0a", "10.0 12.0"), ("8.6", "8.6"), (None, None)])
+def test_cuda_arch_list_is_one_deepspeed_can_parse(monkeypatch, value, expected):
+    from rayworks.train.loop import cuda_arch_list_for_deepspeed
+
+    if value is None:
+        monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    else:
+        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", value)
+    assert cuda_arch_list_for_deepspeed() == expected
+    assert os.environ.get("TORCH_CUDA_ARCH_LIST") == expected

@@ -63,10 +63,9 @@ def run(job: PrepJob) -> dict:
     print(f"[prep] {job.name}: {len(files)} input files, {sum(f['size_bytes'] for f in files) / 1e6:,.1f} MB, "
           f"{len(units)} units -> {out}", flush=True)
 
-    import ray
+    from rayworks.rayinit import ensure_ray
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    ensure_ray((job.execution.num_workers or 0) * job.execution.num_cpus_per_worker)
     workers, cpus = _num_workers(job), job.execution.num_cpus_per_worker
     work = storage.join(out, "_work")
 

@@ -106,6 +106,8 @@ def run(job: TrainJob) -> dict:
     """Trains, exports and writes the manifest; returns the manifest."""
     import ray
 
+    from rayworks.rayinit import ensure_ray, warn_if_no_room
+
     spec = job.cluster_spec()
     prep = check_job_inputs(job)
     out = job.output_uri(spec)
@@ -114,8 +116,9 @@ def run(job: TrainJob) -> dict:
         # A fresh run: a stale progress file must not move the data start.
         if storage.exists(storage.join(out, PROGRESS_FILE)):
             storage.write_json(storage.join(out, PROGRESS_FILE), {"checkpoint_step": 0})
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    need = job.scaling.num_workers * job.scaling.num_cpus_per_worker
+    ensure_ray(need)
+    warn_if_no_room(need, f"{job.scaling.num_workers} training workers")
     ds = job.resolved_deepspeed(steps)
     print(f"[rayworks] train {job.name!r}: {steps} steps x {ds['train_batch_size']} sequences x {prep.seq_len} "
           f"tokens, {job.scaling.num_workers} {'GPU' if job.scaling.use_gpu else 'CPU'} workers, ZeRO stage "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -69,9 +70,27 @@ def _maybe_inject_fault(step: int, rank: int, cfg: dict) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def cuda_arch_list_for_deepspeed() -> str | None:
+    """Drops the arch suffixes ("9.0a") that DeepSpeed's JIT op builder cannot parse.
+
+    Images built for Hopper often set TORCH_CUDA_ARCH_LIST=9.0a; DeepSpeed 0.19 then fails
+    to build FusedAdam with "invalid literal for int(): '0a'". The plain arch builds the
+    same kernels for these ops. Returns the value in effect.
+    """
+    value = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not value:
+        return value
+    fixed = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", value)
+    if fixed != value:
+        print(f"[rayworks] TORCH_CUDA_ARCH_LIST {value!r} -> {fixed!r} for DeepSpeed's op builder", flush=True)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = fixed
+    return fixed
+
+
 def train_loop(cfg: dict) -> None:
     """Ray Train's train_loop_per_worker. See rayworks.train.job.loop_config for ``cfg``."""
     import ray.train
+    import ray.train.torch
     from ray.train import Checkpoint
 
     ctx = ray.train.get_context()
@@ -79,6 +98,8 @@ def train_loop(cfg: dict) -> None:
     if not cfg["use_gpu"]:
         # Before the first deepspeed import: it picks its accelerator at import time (STACK.md pitfall 4).
         os.environ["DS_ACCELERATOR"] = "cpu"
+    else:
+        cuda_arch_list_for_deepspeed()
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -87,7 +108,10 @@ def train_loop(cfg: dict) -> None:
     from rayworks.train.metrics import TrainMetrics
     from rayworks.train.model import build_model
 
-    model = build_model(cfg["model_config"], cfg["init_from"], cfg["seed"], cfg["attn_implementation"])
+    # Random init straight on the GPU: a 1B model's init on the CPU takes longer than many steps.
+    init_device = ray.train.torch.get_device() if cfg["use_gpu"] and not cfg["init_from"] else torch.device("cpu")
+    with init_device:
+        model = build_model(cfg["model_config"], cfg["init_from"], cfg["seed"], cfg["attn_implementation"])
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     engine, _, _, scheduler = deepspeed.initialize(
