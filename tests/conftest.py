@@ -3,7 +3,7 @@
 Ports come from RAYWORKS_TEST_PORT_BASE (default 27000) so several checkouts or
 developers can run suites side by side: gcs=base, dashboard=base+1,
 metrics=base+2, serve=base+3, client=base+4, agent=base+5; the head's
-dashboard queries a Prometheus at base+90 (started by tests/integration/test_monitoring.py).
+dashboard queries a Prometheus at base+90 (started by tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def load_dashboard_generator():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="session")
+def dashboard_generator():
+    return load_dashboard_generator()
 
 
 def has_gpu() -> bool:

@@ -138,15 +138,15 @@ def run_rayworks(model: str, flags: dict) -> dict:
 
     port = BASE + 3
     job = ServeJob.model_validate({
-        "kind": "serve", "name": "bench", "models": [{"id": "tiny", "source": model, "engine": ENGINE,
-                                                      "replicas": {"max_ongoing_requests": 256}}],
+        "kind": "serve", "name": "bench",
+        "models": [{"id": "tiny", "source": model, "engine": {**ENGINE, "cpu_kv_cache_gb": 1},  # = vLLM's 1 GiB
+                    "replicas": {"max_ongoing_requests": 256}}],
         "auth": {"api_keys_env": "RW_BENCH_KEY"},
         "performance": {"direct_streaming": flags.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") == "1"}})
     args = render.app_args(job)
     env = {**ENV, **flags, "RW_BENCH_KEY": KEY}
     for cfg in args["llm_configs"]:
         cfg["runtime_env"]["env_vars"].update(env)
-        cfg["runtime_env"]["py_modules"] = [str(REPO / "platform" / "rayworks")]
     ray.init(num_cpus=8, include_dashboard=False, _temp_dir=f"/tmp/rw{BASE}",
              runtime_env={"env_vars": env, "py_modules": [str(REPO / "platform" / "rayworks")]})
     try:

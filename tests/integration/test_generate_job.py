@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-NUM_PROMPTS = 320
+NUM_PROMPTS = 192
 CHUNK = 16
+MAX_TOKENS = 24
 BAD = {17: ("missing_prompt", "missing prompt field 'prompt'"), 41: ("too_long", "tokens; the context"),
        99: ("bad_sampling", "unknown keys ['best_of']")}
 
@@ -49,7 +50,7 @@ def setup(local_cluster, tmp_path_factory):
         "kind": "generate", "name": "gen-test", "cluster": str(local_cluster.spec_path),
         "model": str(model), "input": {"path": str(root / "prompts.jsonl"), "id_field": "key"},
         "output": {"num_rows_per_chunk": CHUNK, "format": "parquet"},
-        "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 48, "seed": 1},
+        "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": MAX_TOKENS, "seed": 1},
         # Small batches and few sequences at once: chunks complete one after another, so the
         # kill lands between the first commit and the last.
         "engine": {"device": "cpu", "num_replicas": 1, "batch_size": 8, "max_concurrent_batches": 1,
@@ -139,10 +140,10 @@ def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup):
 
     rows = t.to_pylist()
     for r in rows:
-        assert r["num_prompt_tokens"] > 0 and 0 < r["num_output_tokens"] <= 48
+        assert r["num_prompt_tokens"] > 0 and 0 < r["num_output_tokens"] <= MAX_TOKENS
         assert r["finish_reason"] in ("stop", "length")
         if r["finish_reason"] == "length":
-            assert r["num_output_tokens"] in (5, 48)
+            assert r["num_output_tokens"] in (5, MAX_TOKENS)
     per_row = [r for r in rows if r["index"] % 10 == 3]
     assert per_row and all(r["num_output_tokens"] <= 5 for r in per_row)
     assert sum(r["num_output_tokens"] for r in rows) == summary["total_output_tokens"]

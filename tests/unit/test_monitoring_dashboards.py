@@ -2,7 +2,7 @@
 
 No Ray here. Queries are parsed by Prometheus' own `promtool` (installed with the
 `prometheus` package by `make setup`); that they return data is proven in
-tests/integration/test_monitoring.py against a real Prometheus.
+tests/e2e/test_dashboards.py against a real Prometheus.
 """
 
 from __future__ import annotations
