@@ -2,7 +2,7 @@
 
 `rayworks monitor up` starts a real Prometheus against the session's local cluster
 (scraping through Ray's service-discovery file) before the e2e pipeline runs (prep,
-train and serve as Ray jobs: tests/e2e/conftest.py); the served model then gets traffic,
+train and serve as Ray jobs: the pipeline_run fixture in tests/conftest.py); the served model then gets traffic,
 including requests the gate refuses. Every query of every panel in dashboards/*.json is
 evaluated through Prometheus' HTTP API over the time the workloads ran
 (``/api/v1/query_range``: what Grafana asks for a time-series panel, and the jobs' own

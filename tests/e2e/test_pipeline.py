@@ -1,6 +1,6 @@
 """The main job end to end: `rayworks run` takes text to a served model on a local cluster.
 
-A reduced pipeline (small corpus, a few dozen training steps: tests/e2e/conftest.py) runs
+A reduced pipeline (small corpus, a few dozen training steps: tests/conftest.py) runs
 through the real CLI: three Ray jobs, one completion over HTTP, the lineage chain from the served model back
 to the input files; a rerun skips every stage; a changed training setting reruns
 train and serve but not prep.
