@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -42,18 +41,6 @@ def load_dashboard_generator():
 @pytest.fixture(scope="session")
 def dashboard_generator():
     return load_dashboard_generator()
-
-
-def has_gpu() -> bool:
-    return shutil.which("nvidia-smi") is not None
-
-
-def pytest_collection_modifyitems(config, items):
-    if not has_gpu():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU")
-        for it in items:
-            if "gpu" in it.keywords:
-                it.add_marker(skip)
 
 
 def make_spec_dict(name: str, storage: Path, base: int = PORT_BASE) -> dict:
@@ -152,7 +139,6 @@ SERVE_APP = "e2e-serve"
 @dataclass
 class PipelineRun:
     pipe: str           # the pipeline YAML
-    root: Path          # its working directory
     keys: Path          # the API key file the pipeline created
     started: float      # time.time() before the first run
     first: object       # CompletedProcess of the first `rayworks run`
@@ -223,5 +209,5 @@ def pipeline_run(local_cluster, prometheus, tmp_path_factory) -> PipelineRun:
     pipe.write_text(yaml.safe_dump(pipeline_config(root, local_cluster.spec_path, keys), sort_keys=False))
     started = time.time()
     first = local_cluster.rayworks("run", str(pipe), "--quiet", timeout=1500)
-    return PipelineRun(pipe=str(pipe), root=root, keys=keys, started=started, first=first,
+    return PipelineRun(pipe=str(pipe), keys=keys, started=started, first=first,
                        base_url=f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}")

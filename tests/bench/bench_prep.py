@@ -159,17 +159,19 @@ def main(argv: list[str] | None = None) -> dict:
         summary = build_python_docs(corpus, size_mb=args.size_mb, shard_mb=16)
         (corpus / "summary.json").write_text(json.dumps(summary))
     summary = json.loads((corpus / "summary.json").read_text())
-    texts = [json.loads(ln)["text"] for p in sorted(corpus.glob("*.jsonl")) for ln in p.open()] \
-        if "ceiling" in runs else None
+    def documents():
+        return (json.loads(ln)["text"] for p in sorted(corpus.glob("*.jsonl")) for ln in p.open())
+
+    texts = list(documents()) if "ceiling" in runs else None
     tok_dir = work / f"tokenizer-{args.vocab_size}"
     if not (tok_dir / "tokenizer.json").is_file():
         cfg = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "extra_special_tokens": [],
                "vocab_size": args.vocab_size, "min_frequency": 2}
         sample, size = [], 0
-        for i, ln in enumerate(ln for p in sorted(corpus.glob("*.jsonl")) for ln in p.open()):
+        for i, text in enumerate(texts if texts is not None else documents()):
             if i % 7 == 0:
-                sample.append(json.loads(ln)["text"])
-                size += len(sample[-1])
+                sample.append(text)
+                size += len(text)
                 if size > 16e6:
                     break
         save_tokenizer(train_tokenizer(sample, cfg), str(tok_dir))
