@@ -55,7 +55,8 @@ def make_spec_dict(name: str, storage: Path, base: int = PORT_BASE) -> dict:
                                      "TOKENIZERS_PARALLELISM": "false"}},
         "dashboard": {"host": "127.0.0.1", "port": base + 1},
         "metrics": {"export_port": base + 2, "prometheus_url": f"http://127.0.0.1:{base + 90}"},
-        "serve": {"host": "127.0.0.1", "port": base + 3},
+        "serve": {"host": "127.0.0.1", "port": base + 3, "haproxy_stats_port": base + 6,
+                  "haproxy_metrics_port": base + 7},
         "local": {"gcs_port": base, "ray_client_port": base + 4, "dashboard_agent_listen_port": base + 5,
                   "temp_dir": f"/tmp/rw{base}", "object_store_memory_gb": 1.5},
     }

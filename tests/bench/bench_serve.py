@@ -33,13 +33,10 @@ STREAMS, REQUESTS, MAX_TOKENS = 16, 160, 64
 KEY = "bench-key"
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
        "RAY_USAGE_STATS_ENABLED": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-# Serve flags per setup (STACK.md measured each); rayworks' default is "rayworks".
-SETUPS = {
-    "vllm": None,
-    "rayworks": {},
-    "rayworks-throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "rayworks-direct": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"},
-}
+# Per rayworks setup: the cluster spec's serve.ha_proxy. "rayworks" is the default cluster spec
+# (HA proxy on, so a one-model job streams from vLLM's own app behind the gate); "rayworks-ingress"
+# is a cluster with serve.ha_proxy: false, the path a multi-model job takes (Ray Serve LLM's ingress).
+SETUPS = {"vllm": None, "rayworks": True, "rayworks-ingress": False}
 
 
 def prompts() -> list[str]:
@@ -126,24 +123,34 @@ def run_vllm(model: str) -> dict:
         proc.wait(60)
 
 
-def run_rayworks(model: str, flags: dict) -> dict:
-    """One rayworks deployment (the job's own build_app) on a private Ray instance."""
-    os.environ.update({**ENV, **flags, "RW_BENCH_KEY": KEY})
-    import ray
-    from ray import serve
+def run_rayworks(model: str, ha_proxy: bool) -> dict:
+    """One rayworks deployment (the job's own build_app) on a private Ray instance.
 
+    The instance gets the node env a cluster spec with ``serve.ha_proxy`` = ``ha_proxy``
+    gives every node, and the job decides direct streaming as it does on a cluster.
+    """
+    from rayworks.config.cluster import ServeHTTP
     from rayworks.config.serve import ServeJob
-    from rayworks.serve import render
-    from rayworks.serve.app import build_app
 
     port = BASE + 3
+    flags = ServeHTTP(ha_proxy=ha_proxy, haproxy_stats_port=BASE + 5, haproxy_metrics_port=BASE + 6).node_env()
     job = ServeJob.model_validate({
         "kind": "serve", "name": "bench",
         "models": [{"id": "tiny", "source": model, "engine": {**ENGINE, "cpu_kv_cache_gb": 1},  # = vLLM's 1 GiB
                     "replicas": {"max_ongoing_requests": 256}}],
-        "auth": {"api_keys_env": "RW_BENCH_KEY"},
-        "performance": {"direct_streaming": flags.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") == "1"}})
-    args = render.app_args(job)
+        "auth": {"api_keys_env": "RW_BENCH_KEY"}})
+    direct = job.direct_streaming(ha_proxy)
+    if direct:
+        flags["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"  # before Ray Serve LLM is imported, as the job does
+    print(f"rayworks: ha_proxy={ha_proxy} direct_streaming={direct}", flush=True)
+    os.environ.update({**ENV, **flags, "RW_BENCH_KEY": KEY})
+    import ray
+    from ray import serve
+
+    from rayworks.serve import render
+    from rayworks.serve.app import build_app
+
+    args = render.app_args(job, direct)
     env = {**ENV, **flags, "RW_BENCH_KEY": KEY}
     for cfg in args["llm_configs"]:
         cfg["runtime_env"]["env_vars"].update(env)

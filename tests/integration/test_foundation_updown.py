@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,18 @@ import yaml
 from conftest import PORT_BASE, make_spec_dict
 
 BIN = Path(sys.executable).parent
+SERVE_START = """
+import sys, ray
+from ray import serve
+ray.init()
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
+"""
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_up_down_leaves_other_clusters_alone(local_cluster, tmp_path):
@@ -25,9 +39,20 @@ def test_up_down_leaves_other_clusters_alone(local_cluster, tmp_path):
     assert "is up" in up.stdout and f"http://127.0.0.1:{PORT_BASE + 51}" in up.stdout
     spec = load_cluster_spec(spec_path)
     assert local.probe(spec) == "up"
+    # Start Serve there: with serve.ha_proxy its HAProxy runs in a process group of its own.
+    env = {**os.environ, **local.auth_env(spec), "RAY_ADDRESS": f"127.0.0.1:{spec.local.gcs_port}"}
+    start = subprocess.run([sys.executable, "-c", SERVE_START, str(spec.serve.port)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert start.returncode == 0, start.stderr[-2000:]
+    assert listening(spec.serve.port) and listening(spec.serve.haproxy_stats_port)
+    sid = local.read_state(spec)["pgid"]
+    assert any(b"haproxy" in Path(f"/proc/{p}/cmdline").read_bytes() for p in local.session_pids(sid))
     down = subprocess.run([rw, "down", str(spec_path)], capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert local.probe(spec) == "down"
+    # Nothing of it is left: no process of its session, no listener on its Serve or HAProxy ports.
+    assert local.session_pids(sid) == []
+    assert not listening(spec.serve.port) and not listening(spec.serve.haproxy_stats_port)
     # The session cluster is untouched.
     assert local.probe(local_cluster.spec) == "up"
     again = subprocess.run([rw, "down", str(spec_path)], capture_output=True, text=True, timeout=60)

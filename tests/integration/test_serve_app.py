@@ -93,8 +93,12 @@ def test_manifest_and_health(served):
     m = json.loads((served["cluster"].storage / "serve" / "svtest" / "manifest.json").read_text())
     assert m["kind"] == "serve" and m["config"]["models"][0]["source"] == str(served["v1"])
     assert m["inputs"][0]["sha256"] and KEY not in json.dumps(m)
+    # One model on a cluster with Serve's HA proxy (the session spec, like the shipped ones):
+    # the engine replica (our gated LLMServer) is the ingress; Ray's router picks the replica.
+    assert m["serve_config"]["applications"][0]["args"]["direct_streaming"] is True
+    assert sorted(m["deployments"]) == ["GatedLLMServer:tiny", "LLMRouter"], m["deployments"]
     r = requests.get(served["url"] + "/health", timeout=30)
-    assert r.status_code == 200 and r.json()["models"] == ["tiny"]
+    assert r.status_code == 200 and r.json() == {"status": "ok", "models": ["tiny"]}
 
 
 def test_completion_and_chat(served):
@@ -205,3 +209,42 @@ def test_rollout_drops_no_request(served):
     texts = [t for _, t in results]
     assert texts[0] == served["want_v1"] and texts[-1] == served["want_v2"], (texts[:3], texts[-3:])
     assert set(texts) == {served["want_v1"], served["want_v2"]}
+
+
+def test_several_models_go_through_rays_ingress(served):
+    """Two models in one app: Ray Serve LLM's OpenAI ingress routes between them, behind the same gate."""
+    import openai
+
+    root = served["spec_path"].parent
+    job = {"kind": "serve", "name": "svmulti", "http": {"route_prefix": "/multi"},
+           "models": [{"id": m, "source": str(served[v]),
+                       "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True,
+                                  "cpu_kv_cache_gb": 1}} for m, v in (("a", "v1"), ("b", "v2"))],
+           "auth": {"api_keys_env": KEY_ENV},
+           "rollout": {"max_surge_percent": 0}}  # no rollout here: room for two engines beside svtest's
+    (root / "multi.yaml").write_text(yaml.safe_dump(job))
+    proc = served["cluster"].rayworks("submit", str(root / "multi.yaml"), "--cluster", str(served["spec_path"]),
+                                      timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    try:
+        m = json.loads((served["cluster"].storage / "serve" / "svmulti" / "manifest.json").read_text())
+        assert m["serve_config"]["applications"][0]["args"]["direct_streaming"] is False
+        assert "OpenAiIngress" in m["deployments"] and len(m["deployments"]) == 3, m["deployments"]
+        url = served["url"] + "/multi"
+        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        assert sorted(x.id for x in c.models.list().data) == ["a", "b"]
+        want = {"a": served["want_v1"], "b": served["want_v2"]}
+        for model_id, text in want.items():  # each id reaches its own weights
+            r = c.completions.create(model=model_id, prompt=served["prompt"], max_tokens=1, temperature=0)
+            assert r.choices[0].text == text
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        r = requests.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+                          headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        assert r.status_code == 400 and "available models" in r.text  # which model? the message lists them
+        h = requests.get(url + "/health", timeout=30)
+        assert h.status_code == 200 and h.json()["models"] == ["a", "b"]
+    finally:
+        from ray import serve
+
+        serve.delete("svmulti")

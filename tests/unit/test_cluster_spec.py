@@ -7,6 +7,7 @@ in-process and once as the real console script (exit code 2, one line on stderr)
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,18 @@ def test_validate_cli_exits_2_with_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "min_workers (9) > max_workers (4)" in lines[0] and "spec.yaml" in lines[0]
+
+
+def test_local_head_runs_serve_ha_proxy_on_the_specs_ports():
+    """Two local clusters on one machine (the demo beside CI) must not fight over HAProxy's ports."""
+    from rayworks.cluster.local import head_env
+
+    base = load_cluster_spec(REPO / "cluster" / "local.yaml")
+    other = base.model_copy(update={
+        "serve": base.serve.model_copy(update={"haproxy_stats_port": 18404, "haproxy_metrics_port": 19101})})
+    a, b = head_env(base), head_env(other)
+    assert a["RAY_SERVE_ENABLE_HA_PROXY"] == b["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert (a["RAY_SERVE_HAPROXY_STATS_PORT"], a["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("8404", "9101")
+    assert (b["RAY_SERVE_HAPROXY_STATS_PORT"], b["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("18404", "19101")
+    off = base.model_copy(update={"serve": base.serve.model_copy(update={"ha_proxy": False})})
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in {k for k in head_env(off) if k not in os.environ}

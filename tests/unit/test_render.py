@@ -147,7 +147,9 @@ def test_ray_up_content(name):
             assert nc["disks"][0]["initializeParams"]["diskSizeGb"] == g.disk_size_gb
     # Token auth and metrics on every node; the token file by path only.
     for cmd in (cfg["head_start_ray_commands"][-1], cfg["worker_start_ray_commands"][-1]):
-        assert "RAY_AUTH_MODE=token ray start" in cmd
+        assert re.search(r"RAY_AUTH_MODE=token (\S+=\S+ )*ray start", cmd), cmd
+        # Serve's HA proxy (cluster-wide, read at start) on every node, with the spec's ports.
+        assert f"RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_STATS_PORT={spec.serve.haproxy_stats_port}" in cmd
         assert f"--metrics-export-port={spec.metrics.export_port}" in cmd
     assert f"--dashboard-host={spec.dashboard.host}" in cfg["head_start_ray_commands"][-1]
     assert cfg["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
@@ -260,6 +262,15 @@ def test_raycluster_content():
         else:
             assert "nvidia.com/gpu" not in res["limits"] and "nodeSelector" not in pod
         assert w["resources"][rayup.role_resource(g.role)] == "1"
+    # Serve's HA proxy is cluster-wide (read by the controller and every node's proxy at start).
+    pods = [s["headGroupSpec"]["template"]["spec"]] + [w["template"]["spec"] for w in groups.values()]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == str(spec.serve.haproxy_metrics_port)
+    off = kuberay.raycluster(spec.model_copy(update={"serve": spec.serve.model_copy(update={"ha_proxy": False})}))
+    env = off["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].get("env", [])
+    assert not [e for e in env if e["name"].startswith("RAY_SERVE_")]
     assert_valid_crd(doc, "raycluster")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,12 +32,13 @@ def write_job(tmp_path: Path, **over) -> Path:
     return p
 
 
-def spec(tmp_path: Path, secret_env_vars=()):
+def spec(tmp_path: Path, secret_env_vars=(), ha_proxy: bool = True):
     from rayworks.config.cluster import ClusterSpec
 
     return ClusterSpec.model_validate({"name": "t", "head": {"num_cpus": 8, "memory_gb": 16},
                                        "storage": {"uri": str(tmp_path / "artifacts")},
-                                       "runtime_env": {"secret_env_vars": list(secret_env_vars)}})
+                                       "runtime_env": {"secret_env_vars": list(secret_env_vars)},
+                                       "serve": {"ha_proxy": ha_proxy}})
 
 
 def test_example_config_loads():
@@ -117,6 +119,35 @@ def test_serve_config_is_valid_and_has_no_secret(tmp_path, monkeypatch):
     from ray.serve.llm import LLMConfig
 
     LLMConfig.model_validate(llm)  # what build_app will do with it
+    # One model on a cluster with Serve's HA proxy (the default): vLLM's own app streams, gated.
+    assert app["args"]["direct_streaming"] is True
+    assert app["runtime_env"]["env_vars"]["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] == "1"
+    assert llm["runtime_env"]["env_vars"]["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] == "1"
+
+
+def test_direct_streaming_follows_the_cluster_and_the_model_count(tmp_path):
+    from rayworks.serve.render import serve_app_config
+
+    one = load_job(write_job(tmp_path))
+    two = load_job(write_job(tmp_path, models=[{"id": "a", "source": "export"}, {"id": "b", "source": "export"}]))
+    assert one.direct_streaming(ha_proxy=True) and not one.direct_streaming(ha_proxy=False)
+    assert not two.direct_streaming(ha_proxy=True)  # Ray Serve LLM's ingress routes between models
+    off = load_job(write_job(tmp_path, performance={"direct_streaming": False}))
+    assert not off.direct_streaming(ha_proxy=True)
+    app = serve_app_config(one, spec(tmp_path, ha_proxy=False))["applications"][0]
+    assert app["args"]["direct_streaming"] is False
+    assert "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING" not in app["runtime_env"]["env_vars"]
+    assert not serve_app_config(two, spec(tmp_path))["applications"][0]["args"]["direct_streaming"]
+
+
+def test_direct_streaming_without_ha_proxy_fails_preflight(tmp_path, monkeypatch):
+    from rayworks.preflight import preflight
+
+    monkeypatch.setenv("RW_TEST_KEYS", "k")
+    job = load_job(write_job(tmp_path, performance={"direct_streaming": True}))
+    with pytest.raises(ConfigError, match="serve.ha_proxy"):
+        preflight(job, spec(tmp_path, ["RW_TEST_KEYS"], ha_proxy=False))
+    preflight(job, spec(tmp_path, ["RW_TEST_KEYS"], ha_proxy=True))
 
 
 def test_gpu_and_uri_sources_render(tmp_path):
@@ -168,7 +199,7 @@ def test_build_app_wires_gate_in_front_of_rays_ingress(tmp_path, monkeypatch):
         runtime_env: dict = {}
 
     monkeypatch.setattr(ray, "get_runtime_context", lambda: _NoCluster())
-    args = app_args(load_job(write_job(tmp_path)))
+    args = app_args(load_job(write_job(tmp_path)), direct_streaming=False)
     app = build_app(json.loads(json.dumps(args)))  # the args survive a YAML/JSON round trip
     assert isinstance(app, Application)
     dep = app._bound_deployment
@@ -180,3 +211,44 @@ def test_build_app_wires_gate_in_front_of_rays_ingress(tmp_path, monkeypatch):
     assert any(getattr(r, "path", "") == "/health" for r in fastapi_app.routes)
     llm = dep.init_kwargs["llm_deployments"]["tiny"]
     assert llm._bound_deployment._deployment_config.max_surge_percent == 100
+
+
+DIRECT_BUILD = """
+import json, sys
+import ray
+from ray.serve._private.build_app import build_app as serve_build
+
+from rayworks.config.jobs import load_job
+from rayworks.serve.app import GATE_KEY, GatedLLMServer, build_app
+from rayworks.serve.render import app_args
+
+class _NoCluster:
+    runtime_env = {}
+
+ray.get_runtime_context = lambda: _NoCluster()
+app = build_app(json.loads(json.dumps(app_args(load_job(sys.argv[1]), direct_streaming=True))))
+dep = app._bound_deployment
+llm_config = dep.init_kwargs["llm_config"]
+router = app._ingress_request_router._bound_deployment
+print(json.dumps({"cls": dep.func_or_class.__name__, "gated": issubclass(dep.func_or_class, GatedLLMServer),
+                  "gate": llm_config.experimental_configs[GATE_KEY], "router": router.name,
+                  "surge": dep._deployment_config.max_surge_percent}))
+"""
+
+
+def test_build_app_direct_streaming_gates_vllms_own_app(tmp_path):
+    """Direct streaming: the engine deployment is the ingress (our gated server), Ray's router in front."""
+    env = {**os.environ, "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+           "RW_TEST_KEYS": "k"}
+    out = subprocess.run([sys.executable, "-c", DIRECT_BUILD, str(write_job(tmp_path))], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["gated"] and got["surge"] == 100 and got["router"] == "LLMRouter"
+    assert got["gate"] == {"api_keys_env": "RW_TEST_KEYS", "api_keys_file": None, "models": {"tiny": 256},
+                           "run": "t"}
+    # Without the flag at import time it refuses rather than silently serving through the ingress.
+    env.pop("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING")
+    out = subprocess.run([sys.executable, "-c", DIRECT_BUILD, str(write_job(tmp_path))], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=300)
+    assert out.returncode != 0 and "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1" in out.stderr

@@ -70,7 +70,9 @@ def _resources(node: NodeType) -> dict:
 
 
 def _env(spec: ClusterSpec) -> list[dict]:
-    env = [{"name": k, "value": v} for k, v in sorted(spec.runtime_env.env_vars.items())]
+    # Serve's ingress mode (read by the controller and proxies at start) on every pod, then the spec's own.
+    plain = {**spec.serve.node_env(), **spec.runtime_env.env_vars}
+    env = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     # Secrets the spec names come from a Secret `<cluster>-env` that the operator of the
     # cluster creates; optional so a cluster without it still starts.
     env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": f"{spec.name}-env", "key": n, "optional": True}}}

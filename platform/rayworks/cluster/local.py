@@ -79,6 +79,7 @@ def head_env(spec: ClusterSpec) -> dict[str, str]:
     env.update(auth_env(spec))
     env.update({"RAY_USAGE_STATS_ENABLED": "0", "VLLM_NO_USAGE_STATS": "1",
                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(spec.serve.node_env())
     env.update(spec.runtime_env.env_vars)
     if spec.metrics.prometheus_url:
         env["RAY_PROMETHEUS_HOST"] = spec.metrics.prometheus_url
@@ -166,14 +167,49 @@ def stop_process_group(pgid: int, timeout_s: float) -> None:
             time.sleep(0.3)
 
 
+def session_pids(sid: int) -> list[int]:
+    """Processes of session ``sid`` (Linux /proc; empty elsewhere), this one excluded."""
+    pids = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and int(d.name) != os.getpid():
+            pids.append(int(d.name))
+    return pids
+
+
+def stop_session(sid: int, timeout_s: float) -> None:
+    """Stops what is left in session ``sid`` after its process group went (SIGTERM, then SIGKILL).
+
+    `up` starts Ray as a session leader; some of its children move to process groups of
+    their own (Serve's HAProxy is one: it outlived `ray stop` and kept the Serve port).
+    """
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+        pids = session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and session_pids(sid):
+            time.sleep(0.3)
+
+
 def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
-    """Stops what `up` started (its process group); returns False if nothing was running."""
+    """Stops what `up` started (its session); returns False if nothing was running."""
     st = read_state(spec)
     if not st:
         if not quiet:
             print(f"cluster {spec.name!r} was not started by rayworks (no state file); nothing to stop")
         return False
     stop_process_group(st["pgid"], timeout_s)
+    stop_session(st["pgid"], timeout_s)  # up's Popen(start_new_session=True): session id == pgid == pid
     state_file(spec).unlink(missing_ok=True)
     # Killed processes leave Ray's address file behind; a later plain ray.init() would then
     # wait on a dead GCS instead of starting its own cluster.

@@ -124,6 +124,8 @@ def _start_env(spec: ClusterSpec, head: bool) -> str:
         env.append(f"RAY_PROMETHEUS_HOST={shlex.quote(spec.metrics.prometheus_url)}")
     if head and spec.metrics.grafana_url:
         env.append(f"RAY_GRAFANA_HOST={shlex.quote(spec.metrics.grafana_url)}")
+    # Serve's ingress mode is read by the controller and proxies at start: every node needs it.
+    env += [f"{k}={shlex.quote(v)}" for k, v in spec.serve.node_env().items()]
     return " ".join(env + [""])
 
 

@@ -141,9 +141,12 @@ class Rollout(StrictModel):
 class Performance(StrictModel):
     """Ray Serve knobs that trade generality for lower serving overhead."""
 
-    direct_streaming: bool = Field(
-        False, description="Serve vLLM's own HTTP app from the engine replica (RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING); "
-                           "one model only, and the cluster must run Serve with RAY_SERVE_ENABLE_HA_PROXY=1.")
+    direct_streaming: bool | None = Field(
+        None, description="Serve vLLM's own HTTP app from the engine replica, behind the same auth gate "
+                          "(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING): no ingress hop, the throughput of vLLM's own "
+                          "server. One model only; needs the cluster spec's serve.ha_proxy. Unset (default): on "
+                          "when the job serves one model on a cluster with serve.ha_proxy, else Ray Serve LLM's "
+                          "OpenAI ingress (any number of models).")
     stream_batching_interval_ms: float | None = Field(
         None, ge=0, description="Ray Serve LLM's stream chunk batching window (its default if unset).")
     num_ingress_replicas: int = Field(1, ge=1, description="Replicas of the OpenAI ingress (auth + routing).")
@@ -180,6 +183,11 @@ class ServeJob(JobBase):
                              f"this job has {len(self.models)}. Turn it off or split the job")
         return self
 
+    def direct_streaming(self, ha_proxy: bool) -> bool:
+        """Whether this job streams from vLLM's own app, on a cluster with (or without) Serve's HA proxy."""
+        ds = self.performance.direct_streaming
+        return (len(self.models) == 1 and ha_proxy) if ds is None else ds
+
     @property
     def serve_app_name(self) -> str:
         return self.app_name or self.name
@@ -209,6 +217,11 @@ class ServeJob(JobBase):
         return bundles
 
     def preflight(self, spec: "ClusterSpec") -> None:
+        if self.performance.direct_streaming and not spec.serve.ha_proxy:
+            raise ConfigError(
+                f"performance.direct_streaming: true needs Serve's HA proxy, but cluster {spec.name!r} sets "
+                "serve.ha_proxy: false; turn it on in the cluster spec (and restart the cluster) or drop "
+                "direct_streaming to serve through Ray Serve LLM's ingress")
         if self.auth.api_keys_env and self.auth.api_keys_env not in spec.runtime_env.secret_env_vars:
             raise ConfigError(
                 f"auth.api_keys_env={self.auth.api_keys_env!r} is not in the cluster spec's "

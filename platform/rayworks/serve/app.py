@@ -13,7 +13,6 @@ from the engine replica; :class:`GatedLLMServer` adds the same gate to that app.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ray.serve.llm import LLMServer
@@ -28,15 +27,33 @@ def _gate_kwargs(args: dict) -> dict:
 
 
 class GatedLLMServer(LLMServer):
-    """Ray's LLMServer whose direct-streaming ASGI app (vLLM's own) sits behind the gate."""
+    """Ray's LLMServer whose direct-streaming ASGI app (vLLM's own) sits behind the gate.
+
+    It also answers ``/health`` like the ingress path does (status and model ids), after
+    asking the engine, so clients and probes see one API whichever path serves them.
+    """
 
     async def __serve_build_asgi_app__(self):
         from ray.llm._internal.serve.core.server.llm_server import _add_middleware_to_built_app
+        from starlette.routing import Route
 
         from rayworks.serve.gate import Gate
 
         app = await super().__serve_build_asgi_app__()
         gate = self._llm_config.experimental_configs.get(GATE_KEY) or {}
+        models = sorted(gate.get("models") or [])
+
+        async def health(request):
+            from starlette.responses import JSONResponse
+
+            try:
+                await self.check_health()
+            except Exception as exc:  # noqa: BLE001 - any engine failure is "unhealthy"
+                return JSONResponse({"status": "unhealthy", "error": str(exc)[:300]}, status_code=503)
+            return JSONResponse({"status": "ok", "models": models})
+
+        # vLLM's app has its own /health (empty body); ours goes first so both paths answer alike.
+        app.router.routes.insert(0, Route("/health", health, methods=["GET"]))
         _add_middleware_to_built_app(app, Gate, **gate)
         return app
 
@@ -80,8 +97,12 @@ def build_app(args: dict):
     if args.get("direct_streaming"):
         from ray.serve.llm import build_openai_app
 
-        if os.environ.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") != "1":
-            raise RuntimeError("direct_streaming needs RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 where the app is built")
+        from ray.llm._internal.serve import constants
+
+        # Ray Serve LLM reads the flag when it is imported: the env var alone is not enough.
+        if not constants.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING:
+            raise RuntimeError("direct_streaming needs RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 in the environment "
+                               "before Ray Serve LLM is imported where the app is built")
         cfg = configs[0]
         cfg.server_cls = GatedLLMServer
         cfg.experimental_configs = {**cfg.experimental_configs, GATE_KEY: gate}

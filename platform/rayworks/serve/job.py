@@ -39,22 +39,29 @@ def _check_on_cluster(job: ServeJob) -> None:
 
 
 def _direct_streaming_env(args: dict) -> None:
-    """Direct streaming: the engine replica serves HTTP itself, so it needs our gate and its keys."""
+    """Direct streaming: the engine replica serves HTTP itself (vLLM's app behind our gate).
+
+    The flag must be set before Ray Serve LLM is imported here (it reads it at import), and
+    the replicas need this job's code (py_modules / working_dir) to load the gate.
+    """
     import ray
 
     os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     job_env = ray.get_runtime_context().runtime_env or {}
     for cfg in args["llm_configs"]:
         renv = cfg.setdefault("runtime_env", {})
         for k in ("py_modules", "working_dir"):
             if job_env.get(k):
                 renv[k] = job_env[k]
-        env = renv.setdefault("env_vars", {})
-        env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
-        name = args["auth"].get("api_keys_env")
-        if name:
-            env[name] = os.environ[name]
+
+
+def ha_proxy_on() -> bool:
+    """Whether this cluster runs Serve's HA proxy: nodes started with RAY_SERVE_ENABLE_HA_PROXY=1.
+
+    A job's driver inherits its node's environment, which is what the Serve controller and
+    proxies read when they start.
+    """
+    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
 
 
 def wait_healthy(app_name: str, timeout_s: float) -> dict:
@@ -84,12 +91,18 @@ def run(job: ServeJob) -> dict:
     """Deploys the job's app (a rolling update if it exists) and returns the manifest."""
     _check_on_cluster(job)
     spec = job.cluster_spec()
-    args = render.app_args(job)
+    ha = ha_proxy_on()
+    if job.performance.direct_streaming and not ha:
+        raise ConfigError("performance.direct_streaming: true, but this cluster's Serve runs without the HA proxy "
+                          "(its nodes lack RAY_SERVE_ENABLE_HA_PROXY=1); set serve.ha_proxy: true in the cluster "
+                          "spec and restart the cluster, or drop direct_streaming")
+    direct = job.direct_streaming(ha)
+    args = render.app_args(job, direct)
     import ray
 
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    if job.performance.direct_streaming:
+    if direct:
         _direct_streaming_env(args)
     from ray import serve
 
@@ -99,14 +112,15 @@ def run(job: ServeJob) -> dict:
     port = job.http.port or spec.serve.port
     serve.start(http_options={"host": host, "port": port})
     existing = job.serve_app_name in serve.status().applications
-    print(f"{'updating' if existing else 'deploying'} app {job.serve_app_name!r}: "
+    print(f"{'updating' if existing else 'deploying'} app {job.serve_app_name!r} "
+          f"({'direct streaming from vLLM' if direct else 'Ray Serve LLM ingress'}): "
           + ", ".join(f"{m.id} <- {m.source}" for m in job.models), flush=True)
     t0 = time.time()
     serve._run(build_app(args), _blocking=False, name=job.serve_app_name, route_prefix=job.http.route_prefix)
     deployments = wait_healthy(job.serve_app_name, job.deploy_timeout_s)
     took = time.time() - t0
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{job.http.route_prefix.rstrip('/')}"
-    manifest = mf.build(job, render.serve_app_config(job, spec), url, deployments, took)
+    manifest = mf.build(job, render.serve_app_config(job, spec, direct), url, deployments, took)
     where = mf.write(job, manifest)
     print(f"app {job.serve_app_name!r} healthy in {took:.0f}s", flush=True)
     print(f"  OpenAI API: {url}/v1  (models: {', '.join(m.id for m in job.models)})", flush=True)

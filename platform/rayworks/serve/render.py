@@ -74,15 +74,25 @@ def llm_config(m: ModelSpec, job: ServeJob) -> dict[str, Any]:
     return cfg
 
 
-def app_args(job: ServeJob) -> dict[str, Any]:
-    """The ``args`` of build_app for this job."""
+def app_args(job: ServeJob, direct_streaming: bool) -> dict[str, Any]:
+    """The ``args`` of build_app for this job.
+
+    Args:
+        job: the serve job.
+        direct_streaming: serve vLLM's own app from the engine replica (see
+            :meth:`ServeJob.direct_streaming`); else Ray Serve LLM's OpenAI ingress.
+    """
     n = job.performance.num_ingress_replicas
+    configs = [llm_config(m, job) for m in job.models]
+    if direct_streaming:
+        for c in configs:  # the replica serves HTTP itself: it reads the flag when it builds its app
+            c["runtime_env"]["env_vars"]["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
     return {
         "run": job.name,
-        "llm_configs": [llm_config(m, job) for m in job.models],
+        "llm_configs": configs,
         "models": {m.id: m.engine.max_model_len for m in job.models},
         "auth": {"api_keys_env": job.auth.api_keys_env, "api_keys_file": job.auth.api_keys_file},
-        "direct_streaming": job.performance.direct_streaming,
+        "direct_streaming": direct_streaming,
         "ingress": {"autoscaling_config": {"min_replicas": n, "max_replicas": n},
                     "max_surge_percent": job.rollout.max_surge_percent,
                     # The ingress only routes; a fraction of a CPU leaves room for engine replicas.
@@ -90,12 +100,14 @@ def app_args(job: ServeJob) -> dict[str, Any]:
     }
 
 
-def serve_app_config(job: ServeJob, spec=None) -> dict[str, Any]:
+def serve_app_config(job: ServeJob, spec=None, direct_streaming: bool | None = None) -> dict[str, Any]:
     """The Serve config (``serve deploy`` file, KubeRay ``serveConfigV2``) of a serve job.
 
     Args:
         job: the serve job.
-        spec: its cluster spec (default: ``job.cluster_spec()``), for the HTTP host/port.
+        spec: its cluster spec (default: ``job.cluster_spec()``), for the HTTP host/port and
+            whether its Serve runs the HA proxy (which direct streaming needs).
+        direct_streaming: what the job decided on the cluster; default: decided from the spec.
 
     Returns:
         A dict valid against ``ray.serve.schema.ServeDeploySchema``.
@@ -103,8 +115,11 @@ def serve_app_config(job: ServeJob, spec=None) -> dict[str, Any]:
     spec = spec or job.cluster_spec()
     host = job.http.host or spec.serve.host
     port = job.http.port or spec.serve.port
+    if direct_streaming is None:
+        direct_streaming = job.direct_streaming(spec.serve.ha_proxy)
     env = dict(LLM_ENV)
-    if job.performance.direct_streaming:
+    if direct_streaming:
+        # Read where the app is built (Serve's build task runs in this runtime env) and in the replicas.
         env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
     return {
         "proxy_location": "EveryNode",
@@ -114,6 +129,6 @@ def serve_app_config(job: ServeJob, spec=None) -> dict[str, Any]:
             "route_prefix": job.http.route_prefix,
             "import_path": IMPORT_PATH,
             "runtime_env": {"env_vars": env},
-            "args": app_args(job),
+            "args": app_args(job, direct_streaming),
         }],
     }
