@@ -227,7 +227,8 @@ SERVE = Dashboard(
     rows=(
         Row("Requests (Ray Serve)", (
             Panel("Requests per second, by status", "reqps",
-                  "HTTP requests the Serve proxy answered per second, by application and status code.",
+                  "HTTP requests Serve's front door answered per second (HAProxy; Serve's own proxy on a cluster "
+                  "with serve.ha_proxy: false), by application and status code.",
                   ((rate("ray_serve_num_http_requests_total", "application, status_code"),
                     "{{application}} {{status_code}}"),)),
             Panel("Error responses per second", "reqps",
@@ -236,7 +237,7 @@ SERVE = Dashboard(
                   ((rate("ray_serve_num_http_error_requests_total", "application, error_code"),
                     "{{application}} {{error_code}}"),)),
             Panel("HTTP latency (p50, p99)", "ms",
-                  "Time from the proxy receiving a request to the end of its response, for streaming "
+                  "Time from the front door receiving a request to the end of its response, for streaming "
                   "responses the whole stream.",
                   ((quantile(0.5, "ray_serve_http_request_latency_ms_bucket", "application"), "p50 {{application}}"),
                    (quantile(0.99, "ray_serve_http_request_latency_ms_bucket", "application"),
@@ -247,8 +248,9 @@ SERVE = Dashboard(
                   (("sum by (application, deployment) (ray_serve_deployment_replica_healthy)",
                     "{{application}} {{deployment}}"),)),
             Panel("Replica processing latency (p99)", "ms",
-                  "Time a replica spends on a request, by deployment (LLMServer: the engine; ingress: "
-                  "the OpenAI front end).",
+                  "Time a replica spends on a request, by deployment (GatedLLMServer/LLMServer: the engine, "
+                  "which also serves HTTP when one model streams directly; OpenAiIngress: the OpenAI front "
+                  "end of a multi-model app).",
                   ((quantile(0.99, "ray_serve_deployment_processing_latency_ms_bucket", "deployment"),
                     "{{deployment}}"),)),
             Panel("Requests in flight at replicas", "short",
