@@ -1,9 +1,13 @@
 """Serving overhead: rayworks (Ray Serve LLM + gate) vs vLLM's own OpenAI server, side by side.
 
 Same tiny exported model, same engine settings, same prompts, 16 concurrent streams of
-64 tokens each (ignore_eos), 160 requests per run; prints output tokens/s, p50/p90
-TTFT and the ratio to vLLM. Each setup runs in its own process (Serve reads its
-env flags at import). CPU-sized command (about 6-10 min on 2 cores):
+64 tokens each (ignore_eos), 160 requests per run; prints output tokens/s and its ratio
+to vLLM, p50/p90 TTFT under that load, and p50 TTFT of 30 requests sent one at a time
+(the serving path's own latency, with no engine queue in it). Setups: vLLM's server;
+rayworks on a default cluster spec (Serve's HA proxy, so one model streams directly from
+vLLM's app behind the gate); rayworks with serve.ha_proxy: false (Ray Serve LLM's ingress,
+the multi-model path). Each runs in its own process (Serve reads its env flags at
+import). CPU-sized command (about 8-10 min on 2 cores):
 
     python tests/bench/bench_serve.py                       # all setups
     python tests/bench/bench_serve.py --setups vllm rayworks
@@ -30,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000")) + 60
 ENGINE = {"max_model_len": 512, "dtype": "float32", "enforce_eager": True}
 STREAMS, REQUESTS, MAX_TOKENS = 16, 160, 64
+IDLE_PROBES = 30  # sequential requests after the load: TTFT with nothing queued
 KEY = "bench-key"
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
        "RAY_USAGE_STATS_ENABLED": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -82,9 +87,14 @@ async def load(url: str, key: str | None) -> dict:
         t0 = time.perf_counter()
         await asyncio.gather(*[worker(client) for _ in range(STREAMS)])
         wall = time.perf_counter() - t0
-    ttft.sort()
-    return {"tok_s": tokens / wall, "ttft_p50_ms": 1000 * statistics.median(ttft),
-            "ttft_p90_ms": 1000 * ttft[int(0.9 * len(ttft))], "tokens": tokens, "wall_s": wall}
+        loaded = sorted(ttft)
+        # Unloaded: one stream at a time, so TTFT is the path's own latency, not the engine's queue.
+        todo[:] = list(enumerate(prompts()[:IDLE_PROBES]))
+        ttft.clear()
+        await worker(client)
+    return {"tok_s": tokens / wall, "ttft_p50_ms": 1000 * statistics.median(loaded),
+            "ttft_p90_ms": 1000 * loaded[int(0.9 * len(loaded))], "idle_ttft_p50_ms": 1000 * statistics.median(ttft),
+            "tokens": tokens, "wall_s": wall}
 
 
 def wait_http(url: str, timeout_s: float = 900, key: str | None = None,
@@ -200,11 +210,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{s}: done in {time.time() - t0:.0f}s", flush=True)
     base = results.get("vllm")
     print(f"\nserving overhead: {STREAMS} streams x {MAX_TOKENS} tokens, {REQUESTS} requests, model {model}")
-    print(f"{'setup':22} {'out tok/s':>10} {'ratio':>7} {'p50 TTFT ms':>12} {'added':>8} {'p90 TTFT ms':>12}")
+    print("TTFT under load: p50/p90 over the 160 loaded requests; idle: p50 of "
+          f"{IDLE_PROBES} one-at-a-time requests (the path's own latency); added = minus vLLM's")
+    print(f"{'setup':18} {'out tok/s':>10} {'ratio':>6} {'p50 load ms':>12} {'added':>7} {'p90 load ms':>12} "
+          f"{'p50 idle ms':>12} {'added':>7}")
     for s, r in results.items():
         ratio = f"{r['tok_s'] / base['tok_s']:.2f}" if base else "-"
         added = f"{r['ttft_p50_ms'] - base['ttft_p50_ms']:+.0f}" if base else "-"
-        print(f"{s:22} {r['tok_s']:10.0f} {ratio:>7} {r['ttft_p50_ms']:12.0f} {added:>8} {r['ttft_p90_ms']:12.0f}")
+        idle = f"{r['idle_ttft_p50_ms'] - base['idle_ttft_p50_ms']:+.0f}" if base else "-"
+        print(f"{s:18} {r['tok_s']:10.0f} {ratio:>6} {r['ttft_p50_ms']:12.0f} {added:>7} {r['ttft_p90_ms']:12.0f} "
+              f"{r['idle_ttft_p50_ms']:12.0f} {idle:>7}")
     return results
 
 
