@@ -67,6 +67,11 @@ def served(local_cluster, ray_on_cluster, tmp_path_factory):
     job_path = root / "serve.yaml"
     job_path.write_text(yaml.safe_dump(job))
     os.environ[KEY_ENV] = KEY
+    # Serve already running, started by another job (here this test's driver) whose env lacks the
+    # key: the replicas must still authenticate (they get the key's digest from the serve job).
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": local_cluster.serve_port})
     proc = local_cluster.rayworks("submit", str(job_path), "--cluster", str(spec_path), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     url = f"http://127.0.0.1:{local_cluster.serve_port}"
@@ -221,7 +226,8 @@ def test_several_models_go_through_rays_ingress(served):
                        "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True,
                                   "cpu_kv_cache_gb": 1}} for m, v in (("a", "v1"), ("b", "v2"))],
            "auth": {"api_keys_env": KEY_ENV},
-           "rollout": {"max_surge_percent": 0}}  # no rollout here: room for two engines beside svtest's
+           # No rollout here: room for two engines beside svtest's, and a quick teardown.
+           "rollout": {"max_surge_percent": 0, "graceful_shutdown_timeout_s": 5}}
     (root / "multi.yaml").write_text(yaml.safe_dump(job))
     proc = served["cluster"].rayworks("submit", str(root / "multi.yaml"), "--cluster", str(served["spec_path"]),
                                       timeout=900)
@@ -247,4 +253,4 @@ def test_several_models_go_through_rays_ingress(served):
     finally:
         from ray import serve
 
-        serve.delete("svmulti")
+        serve.delete("svmulti", _blocking=False)  # svtest's teardown (blocking) comes after

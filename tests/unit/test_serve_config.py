@@ -245,10 +245,15 @@ def test_build_app_direct_streaming_gates_vllms_own_app(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["gated"] and got["surge"] == 100 and got["router"] == "LLMRouter"
-    assert got["gate"] == {"api_keys_env": "RW_TEST_KEYS", "api_keys_file": None, "models": {"tiny": 256},
-                           "run": "t"}
-    # Without the flag at import time it refuses rather than silently serving through the ingress.
-    env.pop("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING")
-    out = subprocess.run([sys.executable, "-c", DIRECT_BUILD, str(write_job(tmp_path))], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=300)
-    assert out.returncode != 0 and "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1" in out.stderr
+    assert got["gate"] == {"api_keys_env": "RW_TEST_KEYS", "api_keys_file": None, "api_key_sha256": None,
+                           "models": {"tiny": 256}, "run": "t"}
+
+
+def test_build_app_refuses_direct_streaming_without_the_flag_at_import(tmp_path, monkeypatch):
+    """This process imported Ray Serve LLM without the flag: refuse, never silently serve through the ingress."""
+    from rayworks.serve.app import build_app
+    from rayworks.serve.render import app_args
+
+    monkeypatch.setenv("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "1")  # too late: read at import
+    with pytest.raises(RuntimeError, match="RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1"):
+        build_app(app_args(load_job(write_job(tmp_path)), direct_streaming=True))

@@ -75,6 +75,19 @@ def test_keys_configured_but_absent_refuses_to_start(monkeypatch, tmp_path):
     assert check_key("Basic k2", load_keys(None, str(f))) == "missing"
 
 
+def test_job_passes_digests_not_keys(monkeypatch):
+    """A replica without the key's env var still authenticates from the digests the job sent."""
+    from rayworks.serve.gate import key_digests
+
+    digests = key_digests(" alpha ,beta,")
+    assert len(digests) == 2 and all(len(h) == 64 and "alpha" not in h for h in digests)
+    monkeypatch.delenv("RW_ABSENT", raising=False)
+    g = Gate(None, api_keys_env="RW_ABSENT", api_key_sha256=digests, models=MODELS)
+    assert call(g, "/v1/models", key="beta", method="GET")[0] == 200
+    assert call(g, "/v1/models", key="gamma", method="GET")[0] == 401
+    assert call(g, "/v1/models", method="GET")[0] == 401
+
+
 @pytest.mark.parametrize("raw, status, needle", [
     (b"{not json", 400, "malformed JSON"),
     (b"[1, 2]", 400, "JSON object"),

@@ -23,7 +23,8 @@ GATE_KEY = "rayworks_gate"
 def _gate_kwargs(args: dict) -> dict:
     auth = args.get("auth") or {}
     return {"api_keys_env": auth.get("api_keys_env"), "api_keys_file": auth.get("api_keys_file"),
-            "models": dict(args["models"]), "run": args.get("run", "serve")}
+            "api_key_sha256": auth.get("api_key_sha256"), "models": dict(args["models"]),
+            "run": args.get("run", "serve")}
 
 
 class GatedLLMServer(LLMServer):

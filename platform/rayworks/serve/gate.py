@@ -7,8 +7,8 @@ malformed or out-of-range request gets a 4xx with a message naming the field (vL
 and Ray would otherwise answer some of these with 422 or 500, or queue them).
 
 Keys come from an environment variable (comma-separated) or a file (one per line),
-read inside the replica; they are compared as sha256 digests in constant time and
-never logged.
+read inside the replica, or as sha256 digests the serve job computed from its own
+environment; they are compared as sha256 digests in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -52,8 +52,22 @@ class RequestError(Exception):
                                      "code": self.status}}).encode()
 
 
-def load_keys(api_keys_env: str | None, api_keys_file: str | None) -> list[bytes]:
-    """sha256 digests of the configured keys; raises if keys are configured but none are found."""
+def key_digests(value: str) -> list[str]:
+    """sha256 hex digests of a comma-separated key list (what an api_keys_env variable holds)."""
+    return [hashlib.sha256(k.strip().encode()).hexdigest() for k in value.split(",") if k.strip()]
+
+
+def load_keys(api_keys_env: str | None, api_keys_file: str | None,
+              api_key_sha256: list[str] | None = None) -> list[bytes]:
+    """sha256 digests of the configured keys; raises if keys are configured but none are found.
+
+    Args:
+        api_keys_env: env var with comma-separated keys, read in this process if set here.
+        api_keys_file: file with one key per line, read on this node.
+        api_key_sha256: hex digests the serve job computed from ``api_keys_env`` in its own
+            environment (a Serve replica does not always inherit the job's env vars, and a
+            digest can travel in the deployment config where the key itself must not).
+    """
     keys: list[str] = []
     if api_keys_env:
         keys += [k.strip() for k in os.environ.get(api_keys_env, "").split(",") if k.strip()]
@@ -61,12 +75,14 @@ def load_keys(api_keys_env: str | None, api_keys_file: str | None) -> list[bytes
         p = Path(api_keys_file)
         if p.is_file():
             keys += [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    if (api_keys_env or api_keys_file) and not keys:
+    digests = {hashlib.sha256(k.encode()).digest() for k in keys}
+    digests |= {bytes.fromhex(h) for h in api_key_sha256 or []}
+    if (api_keys_env or api_keys_file) and not digests:
         where = " or ".join(x for x in [f"env var {api_keys_env}" if api_keys_env else "",
                                         f"file {api_keys_file}" if api_keys_file else ""] if x)
         # Refuse to start open: serving without the configured auth would expose the API.
         raise RuntimeError(f"rayworks serve: API auth is configured but no key was found in {where} on this node")
-    return [hashlib.sha256(k.encode()).digest() for k in keys]
+    return sorted(digests)
 
 
 def check_key(authorization: str | None, digests: list[bytes]) -> str | None:
@@ -147,9 +163,10 @@ class Gate:
     """ASGI middleware: auth on every /v1 request, validation on completions and chat."""
 
     def __init__(self, app, *, api_keys_env: str | None = None, api_keys_file: str | None = None,
-                 models: dict[str, int] | None = None, run: str = "serve"):
+                 api_key_sha256: list[str] | None = None, models: dict[str, int] | None = None,
+                 run: str = "serve"):
         self.app = app
-        self.digests = load_keys(api_keys_env, api_keys_file)
+        self.digests = load_keys(api_keys_env, api_keys_file, api_key_sha256)
         self.auth = bool(api_keys_env or api_keys_file)
         self.models = dict(models or {})
         self.run = run

@@ -17,6 +17,7 @@ from rayworks.config.serve import ServeJob, check_local_source
 from rayworks.errors import ConfigError, RayworksError
 from rayworks.serve import manifest as mf
 from rayworks.serve import render
+from rayworks.serve.gate import key_digests
 
 
 class DeployError(RayworksError):
@@ -98,6 +99,11 @@ def run(job: ServeJob) -> dict:
                           "spec and restart the cluster, or drop direct_streaming")
     direct = job.direct_streaming(ha)
     args = render.app_args(job, direct)
+    if job.auth.api_keys_env:
+        # Replicas do not reliably inherit this job's env vars (Serve gives a deployment with a
+        # runtime env of its own only the job's working_dir), so the gate gets the keys' sha256
+        # digests: never the keys themselves, which would show in Serve's config and logs.
+        args["auth"]["api_key_sha256"] = key_digests(os.environ[job.auth.api_keys_env])
     import ray
 
     if not ray.is_initialized():
