@@ -232,7 +232,8 @@ llm_config = dep.init_kwargs["llm_config"]
 router = app._ingress_request_router._bound_deployment
 print(json.dumps({"cls": dep.func_or_class.__name__, "gated": issubclass(dep.func_or_class, GatedLLMServer),
                   "gate": llm_config.experimental_configs[GATE_KEY], "router": router.name,
-                  "surge": dep._deployment_config.max_surge_percent}))
+                  "surge": dep._deployment_config.max_surge_percent,
+                  "router_surge": router._deployment_config.max_surge_percent}))
 """
 
 
@@ -244,7 +245,8 @@ def test_build_app_direct_streaming_gates_vllms_own_app(tmp_path):
                          text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["gated"] and got["surge"] == 100 and got["router"] == "LLMRouter"
+    # The router is replaced on every update too: it must surge like the engine (else 503s mid-rollout).
+    assert got["gated"] and got["surge"] == got["router_surge"] == 100 and got["router"] == "LLMRouter"
     assert got["gate"] == {"api_keys_env": "RW_TEST_KEYS", "api_keys_file": None, "api_key_sha256": None,
                            "models": {"tiny": 256}, "run": "t"}
 

@@ -104,10 +104,20 @@ def build_app(args: dict):
         if not constants.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING:
             raise RuntimeError("direct_streaming needs RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 in the environment "
                                "before Ray Serve LLM is imported where the app is built")
+        from ray.llm._internal.serve.core.ingress.builder import _build_openai_ingress_request_router
+
         cfg = configs[0]
         cfg.server_cls = GatedLLMServer
         cfg.experimental_configs = {**cfg.experimental_configs, GATE_KEY: gate}
-        return build_openai_app({"llm_configs": [cfg]})
+        app = build_openai_app({"llm_configs": [cfg]})  # the engine deployment is the ingress
+        # Ray's router (HAProxy asks it which replica) is redeployed with every update; by default
+        # its old replica stops before the new one runs, and HAProxy answers 503 in between. Give it
+        # the engine's surge, so a rollout drops nothing.
+        router = _build_openai_ingress_request_router(server=app, llm_config=cfg)
+        router._bound_deployment = router._bound_deployment.options(
+            max_surge_percent=cfg.deployment_config.get("max_surge_percent", 100),
+            graceful_shutdown_timeout_s=cfg.deployment_config.get("graceful_shutdown_timeout_s", 60))
+        return app._with_ingress_request_router(router)
 
     deployments = {c.model_id: build_llm_deployment(c) for c in configs}
     cards = {c.model_id: to_model_metadata(c.model_id, c) for c in configs}
