@@ -96,20 +96,20 @@ def build_app(args: dict):
     gate = _gate_kwargs(args)
     configs = [LLMConfig.model_validate(c) for c in args["llm_configs"]]
     if args.get("direct_streaming"):
-        from ray.serve.llm import build_openai_app
-
         from ray.llm._internal.serve import constants
 
         # Ray Serve LLM reads the flag when it is imported: the env var alone is not enough.
         if not constants.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING:
             raise RuntimeError("direct_streaming needs RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 in the environment "
                                "before Ray Serve LLM is imported where the app is built")
-        from ray.llm._internal.serve.core.ingress.builder import _build_openai_ingress_request_router
+        from ray.llm._internal.serve.core.ingress.builder import (
+            _build_direct_streaming_llm_deployment, _build_openai_ingress_request_router)
 
         cfg = configs[0]
         cfg.server_cls = GatedLLMServer
         cfg.experimental_configs = {**cfg.experimental_configs, GATE_KEY: gate}
-        app = build_openai_app({"llm_configs": [cfg]})  # the engine deployment is the ingress
+        # What build_openai_app does for direct streaming, with our own router options below.
+        app = _build_direct_streaming_llm_deployment(cfg)  # the engine deployment is the ingress
         # Ray's router (HAProxy asks it which replica) is redeployed with every update; by default
         # its old replica stops before the new one runs, and HAProxy answers 503 in between. Give it
         # the engine's surge, so a rollout drops nothing.

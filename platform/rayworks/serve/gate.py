@@ -68,15 +68,15 @@ def load_keys(api_keys_env: str | None, api_keys_file: str | None,
             environment (a Serve replica does not always inherit the job's env vars, and a
             digest can travel in the deployment config where the key itself must not).
     """
-    keys: list[str] = []
+    hexes = set(api_key_sha256 or [])
     if api_keys_env:
-        keys += [k.strip() for k in os.environ.get(api_keys_env, "").split(",") if k.strip()]
+        hexes |= set(key_digests(os.environ.get(api_keys_env, "")))
     if api_keys_file:
         p = Path(api_keys_file)
         if p.is_file():
-            keys += [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    digests = {hashlib.sha256(k.encode()).digest() for k in keys}
-    digests |= {bytes.fromhex(h) for h in api_key_sha256 or []}
+            hexes |= {hashlib.sha256(ln.strip().encode()).hexdigest() for ln in p.read_text().splitlines()
+                      if ln.strip() and not ln.startswith("#")}
+    digests = {bytes.fromhex(h) for h in hexes}
     if (api_keys_env or api_keys_file) and not digests:
         where = " or ".join(x for x in [f"env var {api_keys_env}" if api_keys_env else "",
                                         f"file {api_keys_file}" if api_keys_file else ""] if x)
