@@ -55,5 +55,5 @@ def check_resources(bundles: list[Bundle], spec: ClusterSpec) -> None:
 
 def preflight(job: JobBase, spec: ClusterSpec) -> None:
     """All checks that must pass before a job is submitted."""
-    check_resources(job.resource_request(), spec)
+    check_resources(job.resources_on(spec), spec)
     job.preflight(spec)

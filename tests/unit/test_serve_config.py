@@ -140,6 +140,20 @@ def test_direct_streaming_follows_the_cluster_and_the_model_count(tmp_path):
     assert not serve_app_config(two, spec(tmp_path))["applications"][0]["args"]["direct_streaming"]
 
 
+def test_preflight_counts_the_ingress_only_when_the_app_has_one(tmp_path):
+    """Streaming directly, Ray's router (0 CPU) replaces the 0.5-CPU OpenAI ingress replicas."""
+    one = load_job(write_job(tmp_path, models=[{"id": "a", "source": "export"}]))
+    two = load_job(write_job(tmp_path, models=[{"id": "a", "source": "export"}, {"id": "b", "source": "export"}]))
+
+    def ingress_cpus(job, ha_proxy):
+        return sum(b.num_cpus * b.count for b in job.resources_on(spec(tmp_path, ha_proxy=ha_proxy))
+                   if b.what == "OpenAI ingress")
+
+    assert ingress_cpus(one, True) == 0
+    assert ingress_cpus(one, False) == 0.5 * one.performance.num_ingress_replicas > 0
+    assert ingress_cpus(two, True) == 0.5 * two.performance.num_ingress_replicas > 0
+
+
 def test_direct_streaming_without_ha_proxy_fails_preflight(tmp_path, monkeypatch):
     from rayworks.preflight import preflight
 

@@ -68,6 +68,10 @@ class JobBase(StrictModel):
         """Resources the job needs at once (checked against the spec by the preflight)."""
         return [Bundle(num_cpus=1, what=f"{self.kind} driver")]
 
+    def resources_on(self, spec: "ClusterSpec") -> list[Bundle]:
+        """What the job needs at once on this cluster (kinds whose shape depends on the spec override it)."""
+        return self.resource_request()
+
     def preflight(self, spec: "ClusterSpec") -> None:
         """Kind-specific checks before submission (raise ConfigError)."""
 

@@ -199,9 +199,11 @@ class ServeJob(JobBase):
                 return m
         raise ConfigError(f"no model {model_id!r} in serve job {self.name!r}; models: {[m.id for m in self.models]}")
 
-    def resource_request(self) -> list[Bundle]:
-        bundles = [Bundle(num_cpus=1, what="serve driver"),
-                   Bundle(num_cpus=0.5, count=self.performance.num_ingress_replicas, what="OpenAI ingress")]
+    def resource_request(self, direct_streaming: bool = False) -> list[Bundle]:
+        bundles = [Bundle(num_cpus=1, what="serve driver")]
+        if not direct_streaming:
+            # Streaming directly, the ingress is Ray's LLMRouter at 0 CPU: nothing to ask for.
+            bundles.append(Bundle(num_cpus=0.5, count=self.performance.num_ingress_replicas, what="OpenAI ingress"))
         surge = 1 + self.rollout.max_surge_percent / 100
         for m in self.models:
             # During a rollout with surge, old and new replicas run at once: ask for both.
@@ -215,6 +217,9 @@ class ServeJob(JobBase):
                 bundles.append(Bundle(num_cpus=1 + m.num_cpus_per_replica, num_gpus=tp, accelerator_type=m.accelerator,
                                       count=count, what=f"model {m.id!r} replica ({tp} x {m.accelerator})"))
         return bundles
+
+    def resources_on(self, spec: "ClusterSpec") -> list[Bundle]:
+        return self.resource_request(self.direct_streaming(spec.serve.ha_proxy))
 
     def preflight(self, spec: "ClusterSpec") -> None:
         if self.performance.direct_streaming and not spec.serve.ha_proxy:
