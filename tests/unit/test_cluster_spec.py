@@ -184,5 +184,7 @@ def test_local_head_runs_serve_ha_proxy_on_the_specs_ports():
     assert a["RAY_SERVE_ENABLE_HA_PROXY"] == b["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert (a["RAY_SERVE_HAPROXY_STATS_PORT"], a["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("8404", "9101")
     assert (b["RAY_SERVE_HAPROXY_STATS_PORT"], b["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("18404", "19101")
+    # A replaced engine replica goes after the short drain, not Ray's 30 s sized for external balancers.
+    assert a["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "5"
     off = base.model_copy(update={"serve": base.serve.model_copy(update={"ha_proxy": False})})
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in {k for k in head_env(off) if k not in os.environ}

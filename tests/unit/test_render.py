@@ -150,6 +150,7 @@ def test_ray_up_content(name):
         assert re.search(r"RAY_AUTH_MODE=token (\S+=\S+ )*ray start", cmd), cmd
         # Serve's HA proxy (cluster-wide, read at start) on every node, with the spec's ports.
         assert f"RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_STATS_PORT={spec.serve.haproxy_stats_port}" in cmd
+        assert f"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S={spec.serve.replica_drain_s:g} " in cmd
         assert f"--metrics-export-port={spec.metrics.export_port}" in cmd
     assert f"--dashboard-host={spec.dashboard.host}" in cfg["head_start_ray_commands"][-1]
     assert cfg["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
@@ -268,6 +269,7 @@ def test_raycluster_content():
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == str(spec.serve.haproxy_metrics_port)
+        assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == f"{spec.serve.replica_drain_s:g}"
     off = kuberay.raycluster(spec.model_copy(update={"serve": spec.serve.model_copy(update={"ha_proxy": False})}))
     env = off["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].get("env", [])
     assert not [e for e in env if e["name"].startswith("RAY_SERVE_")]

@@ -143,6 +143,13 @@ class ServeHTTP(StrictModel):
     haproxy_stats_port: int = Field(8404, ge=1, le=65535, description="HAProxy's stats page port (ha_proxy only).")
     haproxy_metrics_port: int = Field(9101, ge=1, le=65535, description="HAProxy's Prometheus exporter port "
                                                                           "(ha_proxy only).")
+    replica_drain_s: float = Field(
+        5, ge=0, le=300,
+        description="How long a replaced or deleted ingress replica stays reachable before it refuses new "
+                    "connections (ha_proxy only; RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S). Ray's default "
+                    "of 30 s is sized for external load balancers; here only the node's HAProxy reaches replica "
+                    "ports, it reloads within a second and retries refused connections elsewhere. In-flight "
+                    "requests still get the serve job's rollout.graceful_shutdown_timeout_s.")
 
     def node_env(self) -> dict[str, str]:
         """Env vars every node's `ray start` needs for this Serve setup (cluster-wide: read at start).
@@ -153,7 +160,8 @@ class ServeHTTP(StrictModel):
         if not self.ha_proxy:
             return {}
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port)}
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{self.replica_drain_s:g}"}
 
 
 class LocalOptions(StrictModel):
