@@ -77,8 +77,6 @@ def served(local_cluster, ray_on_cluster, tmp_path_factory):
     url = f"http://127.0.0.1:{local_cluster.serve_port}"
     yield {"url": url, "spec_path": spec_path, "v1": v1, "v2": v2, "prompt": prompt,
            "want_v1": a[prompt][0], "want_v2": b[prompt][0], "cluster": local_cluster}
-    from ray import serve
-
     serve.delete("svtest")
 
 

@@ -184,10 +184,9 @@ def _does_work(pid: int) -> bool:
 def _live(ident: int, group: bool) -> list[int]:
     """Live processes of process group (or session) ``ident``, this one excluded.
 
-    Zombies do not count: a head started by this process stays one until reaped, and
-    kill(0) on its group keeps succeeding (a down would wait out every timeout for it).
+    Zombies do not count: a head started by this process stays one until `down` reaps it,
+    and kill(0) on its group keeps succeeding (a down would wait out every timeout for it).
     """
-    _reap(ident)
     pids = []
     for d in Path("/proc").glob("[0-9]*"):
         try:
@@ -242,6 +241,7 @@ def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
         return False
     stop_process_group(st["pgid"], timeout_s)
     stop_session(st["pgid"], timeout_s)  # up's Popen(start_new_session=True): session id == pgid == pid
+    _reap(st["pgid"])
     state_file(spec).unlink(missing_ok=True)
     # Killed processes leave Ray's address file behind; a later plain ray.init() would then
     # wait on a dead GCS instead of starting its own cluster.

@@ -115,8 +115,8 @@ def build_app(args: dict):
         # the engine's surge, so a rollout drops nothing.
         router = _build_openai_ingress_request_router(server=app, llm_config=cfg)
         router._bound_deployment = router._bound_deployment.options(
-            max_surge_percent=cfg.deployment_config.get("max_surge_percent", 100),
-            graceful_shutdown_timeout_s=cfg.deployment_config.get("graceful_shutdown_timeout_s", 60))
+            max_surge_percent=cfg.deployment_config["max_surge_percent"],
+            graceful_shutdown_timeout_s=cfg.deployment_config["graceful_shutdown_timeout_s"])
         return app._with_ingress_request_router(router)
 
     deployments = {c.model_id: build_llm_deployment(c) for c in configs}

@@ -52,9 +52,14 @@ class RequestError(Exception):
                                      "code": self.status}}).encode()
 
 
+def _digest(key: str) -> bytes:
+    """The sha256 of a key, surrounding whitespace dropped: the only form a key is kept in."""
+    return hashlib.sha256(key.strip().encode()).digest()
+
+
 def key_digests(value: str) -> list[str]:
     """sha256 hex digests of a comma-separated key list (what an api_keys_env variable holds)."""
-    return [hashlib.sha256(k.strip().encode()).hexdigest() for k in value.split(",") if k.strip()]
+    return [_digest(k).hex() for k in value.split(",") if k.strip()]
 
 
 def load_keys(api_keys_env: str | None, api_keys_file: str | None,
@@ -74,8 +79,7 @@ def load_keys(api_keys_env: str | None, api_keys_file: str | None,
     if api_keys_file:
         p = Path(api_keys_file)
         if p.is_file():
-            hexes |= {hashlib.sha256(ln.strip().encode()).hexdigest() for ln in p.read_text().splitlines()
-                      if ln.strip() and not ln.startswith("#")}
+            hexes |= {_digest(ln).hex() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
     digests = {bytes.fromhex(h) for h in hexes}
     if (api_keys_env or api_keys_file) and not digests:
         where = " or ".join(x for x in [f"env var {api_keys_env}" if api_keys_env else "",
@@ -92,7 +96,7 @@ def check_key(authorization: str | None, digests: list[bytes]) -> str | None:
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return "missing"
-    d = hashlib.sha256(value.strip().encode()).digest()
+    d = _digest(value)
     ok = False
     for k in digests:  # no early exit: constant time in the number of keys
         ok |= secrets.compare_digest(d, k)
