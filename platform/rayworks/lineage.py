@@ -1,8 +1,10 @@
-"""Lineage: follow an artifact's manifests back to the input files, checking hashes.
+"""Lineage: walk an artifact's manifests back to the input files, verifying every file on the way.
 
-served model -> serve manifest -> export (rayworks_export.json) -> checkpoint / training
-run -> prep manifest -> input files. Every link names its parent by path and sha256;
-each is re-hashed here, so a changed or replaced parent shows up as a mismatch.
+served model -> serve manifest -> export manifest -> checkpoint + prep manifest -> input
+files. Every manifest has the same shape (:mod:`rayworks.artifacts`), so this is one
+generic loop: each manifest is re-hashed against what its child recorded, each file it
+lists as an output is re-hashed against the manifest, each input is followed. A changed,
+missing or truncated file marks its node (and the command exits non-zero), by name.
 """
 
 from __future__ import annotations
@@ -10,71 +12,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rayworks import artifacts, storage
 from rayworks.errors import ConfigError
-from rayworks.storage import filesystem, read_bytes, sha256_bytes
-
-MANIFEST_NAMES = ("manifest.json", "rayworks_export.json")
-
-
-def _manifest_path(p: str) -> str | None:
-    if p.endswith(".json"):
-        return p if read_bytes(p) is not None else None
-    for name in MANIFEST_NAMES[::-1] if p.rstrip("/").endswith("export") else MANIFEST_NAMES:
-        cand = f"{p.rstrip('/')}/{name}"
-        if read_bytes(cand) is not None:
-            return cand
-    return None
 
 
 def find_model(model_id: str, storage_uri: str) -> str:
     """The newest serve manifest under {storage}/serve that serves model_id."""
     from pyarrow import fs
 
-    filesystem_, root = filesystem(f"{storage_uri.rstrip('/')}/serve")
+    filesystem_, root = storage.filesystem(storage.join(storage_uri, "serve"))
     found = []
     try:
         infos = filesystem_.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
     except OSError:
         infos = []
     for info in infos:
-        if info.path.endswith("/manifest.json"):
-            uri = info.path if "://" not in storage_uri else f"{storage_uri.split('://')[0]}://{info.path}"
-            man = json.loads(read_bytes(uri) or b"{}")
+        if info.path.endswith("/" + artifacts.MANIFEST):
+            uri = info.path if not storage.is_remote(storage_uri) else f"{storage_uri.split('://')[0]}://{info.path}"
+            try:
+                man = json.loads(storage.read_bytes(uri))
+            except (ValueError, FileNotFoundError):
+                continue
             ids = [m.get("id") for m in (man.get("config") or {}).get("models", [])]
             ids += [i.get("model") for i in man.get("inputs") or [] if isinstance(i, dict)]
             if model_id in ids:
                 found.append((info.mtime_ns or 0, uri))
     if not found:
         raise ConfigError(f"no serve manifest under {storage_uri}/serve serves model {model_id!r}; give a path "
-                          "(an export dir or a manifest.json) or the right --cluster")
+                          "(an artifact dir or a manifest.json) or the right --cluster")
     return max(found)[1]
-
-
-def _parents(man: dict, path: str) -> list[dict]:
-    """The artifacts and files a manifest names as its inputs, as {path, sha256, what}."""
-    out = []
-    if man.get("kind") == "export":
-        # export -> checkpoint it was consolidated from -> the training run's manifest -> prep
-        if man.get("checkpoint"):
-            out.append({"path": man["checkpoint"], "sha256": None, "what": "checkpoint", "dir": True})
-        run_manifest = f"{path.rsplit('/', 2)[0]}/manifest.json"
-        if read_bytes(run_manifest) is not None:
-            out.append({"path": run_manifest, "sha256": None, "what": "training run"})
-            return out
-        prep = man.get("prep_manifest") or {}
-        if prep.get("path"):
-            out.append({"path": prep["path"], "sha256": prep.get("sha256"), "what": "prep"})
-        return out
-    inputs = man.get("inputs") or []
-    if isinstance(inputs, dict):
-        inputs = [{"what": k, **v} for k, v in inputs.items() if isinstance(v, dict)]
-    for inp in inputs:
-        if isinstance(inp, dict):
-            p = inp.get("manifest") or inp.get("path") or inp.get("uri")
-            if p:
-                out.append({"path": p, "sha256": inp.get("sha256") or inp.get("manifest_sha256"),
-                            "what": inp.get("what") or inp.get("kind") or inp.get("model")})
-    return out
 
 
 def _facts(man: dict) -> str:
@@ -92,58 +58,82 @@ def _facts(man: dict) -> str:
     for k in ("documents_read", "tokens", "sequences"):
         if k in counts:
             parts.append(f"{k}={counts[k]}")
+    if man.get("outputs"):
+        parts.append(f"outputs={len(man['outputs'])} files")
     return " ".join(parts)
 
 
+def _file_node(node: dict, p: str, expected: str | None) -> None:
+    try:
+        sha = storage.sha256_file(p)
+    except FileNotFoundError:
+        node.update(kind="missing", status="MISSING", problems=[f"{p}: missing"])
+        return
+    node.update(kind="file", sha256=sha, size_bytes=storage.file_size(p))
+    if expected and expected != sha:
+        node.update(status=f"MISMATCH (recorded {expected[:12]})", problems=[f"{p}: sha256 differs from the "
+                                                                              f"recorded {expected[:12]}"])
+    else:
+        node["status"] = "ok"
+
+
 def chain(start: str, storage_uri: str | None = None) -> list[dict]:
-    """Walks from a path or model id to the inputs; returns nodes with depth and hash status."""
-    path = _manifest_path(start) if ("/" in start or Path(start).exists()) else None
+    """Walks from a path or model id to the inputs; returns nodes with depth, status and problems."""
+    is_path = "/" in start or Path(start).exists()
+    path = artifacts.find_manifest(start) if is_path else None
+    if path is None and is_path and start.endswith(".json") and storage.is_file(start):
+        path = start  # a manifest under another name
     if path is None:
+        if is_path and storage.exists(start):
+            raise ConfigError(f"{start}: no manifest.json there; give an artifact folder or a manifest")
         if storage_uri is None:
             raise ConfigError(f"{start}: not a manifest, artifact dir or known model id")
         path = find_model(start, storage_uri)
     nodes: list[dict] = []
+    seen: set[str] = set()
 
-    def walk(p: str, expected_sha: str | None, depth: int, what: str | None, is_dir: bool = False) -> None:
-        node = {"depth": depth, "path": p, "what": what}
-        if is_dir:
-            from pyarrow import fs
-
-            fs_, fpath = filesystem(p)
-            ok = fs_.get_file_info(fpath).type == fs.FileType.Directory
-            node.update(kind=what or "dir", status="ok" if ok else "MISSING")
-            nodes.append(node)
-            return
-        data = read_bytes(p)
-        if data is None:
-            node.update(kind="missing", status="MISSING")
-            nodes.append(node)
-            return
-        sha = sha256_bytes(data)
-        node["sha256"] = sha
-        node["status"] = "ok" if not expected_sha or expected_sha == sha else f"MISMATCH (recorded {expected_sha[:12]})"
-        man = None
-        if p.endswith(".json"):
-            try:
-                man = json.loads(data)
-            except ValueError:
-                man = None
-        if not isinstance(man, dict) or "kind" not in man:
-            node["kind"] = "file"
-            node["size_bytes"] = len(data)
-            nodes.append(node)
-            return
-        node["kind"] = man["kind"]
-        node["facts"] = _facts(man)
+    def walk(p: str, expected: str | None, depth: int, role: str | None, files: list[dict] | None) -> None:
+        node: dict = {"depth": depth, "path": p, "what": role, "status": "ok"}
         nodes.append(node)
-        for parent in _parents(man, p):
-            if parent.get("dir"):
-                walk(parent["path"], None, depth + 1, parent["what"], is_dir=True)
-                continue
-            pp = _manifest_path(parent["path"]) or parent["path"]
-            walk(pp, parent["sha256"], depth + 1, parent.get("what"))
+        mpath = p if depth == 0 else artifacts.find_manifest(p)
+        if mpath is None:
+            if files is not None or storage.is_dir(p):
+                problems = artifacts.verify_files(p, files or []) if storage.is_dir(p) else [f"{p}: missing"]
+                node.update(kind=role or "dir", status="ok" if not problems else
+                            ("MISSING" if not storage.is_dir(p) else f"CHANGED ({len(problems)} files)"))
+                if problems:
+                    node["problems"] = problems
+                return
+            _file_node(node, p, expected)
+            return
+        node["path"] = mpath
+        data = storage.read_bytes(mpath)
+        sha = storage.sha256_bytes(data)
+        node["sha256"] = sha
+        problems = []
+        if expected and expected != sha:
+            node["status"] = f"MISMATCH (recorded {expected[:12]})"
+            problems.append(f"{mpath}: sha256 differs from the recorded {expected[:12]}")
+        try:
+            man = artifacts.parse(data, mpath)
+        except artifacts.ManifestError as exc:
+            node.update(kind="manifest", status="INVALID", problems=problems + [str(exc)])
+            return
+        node.update(kind=man["kind"], facts=_facts(man))
+        bad = artifacts.verify_outputs(storage.parent_of(mpath), man)
+        if bad:
+            problems += bad
+            if node["status"] == "ok":
+                node["status"] = f"CHANGED ({len(bad)} files)"
+        if problems:
+            node["problems"] = problems
+        if mpath in seen:
+            return
+        seen.add(mpath)
+        for inp in man.get("inputs") or []:
+            walk(inp["path"], inp.get("sha256"), depth + 1, inp.get("role"), inp.get("files"))
 
-    walk(path, None, 0, None)
+    walk(path, None, 0, None, None)
     return nodes
 
 
@@ -151,7 +141,9 @@ def format_chain(nodes: list[dict]) -> str:
     lines = []
     for n in nodes:
         pad = "  " * n["depth"] + ("<- " if n["depth"] else "")
-        sha = n.get("sha256", "")[:12]
+        sha = (n.get("sha256") or "")[:12]
         extra = f"  {n['facts']}" if n.get("facts") else ""
         lines.append(f"{pad}{n['kind']:<7} {n['path']}  sha256:{sha} [{n['status']}]{extra}")
+        for prob in n.get("problems") or []:
+            lines.append(f"{'  ' * (n['depth'] + 2)}! {prob}")
     return "\n".join(lines)

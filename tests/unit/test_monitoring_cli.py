@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from rayworks import monitor
 from rayworks.cli import build_parser
@@ -49,4 +50,8 @@ def test_cloud_specs_are_pointed_at_the_head_node_config():
 
 def test_loopback_relabel_keeps_the_port():
     text = monitor.render_prometheus_config("/tmp/x.json", loopback=True)
-    assert "replacement: '127.0.0.1:$1'" in text and "regex: '.+:([0-9]+)'" in text
+    relabel = yaml.safe_load(text)["scrape_configs"][0]["relabel_configs"]
+    assert relabel == [{"source_labels": ["__address__"], "regex": ".+:([0-9]+)",
+                        "target_label": "__address__", "replacement": "127.0.0.1:$1"}]
+    assert "relabel_configs" not in yaml.safe_load(monitor.render_prometheus_config("/tmp/x.json", loopback=False))[
+        "scrape_configs"][0]

@@ -231,7 +231,7 @@ def test_crd_validation_is_strict():
 
 
 def test_golden_kuberay_manifests_match_crds():
-    docs = {n: d for n, d in golden_docs().items() if n.startswith("kubernetes.")}
+    docs = {n: d for n, d in golden_docs().items() if n.startswith("kubernetes.") and d["apiVersion"] == "ray.io/v1"}
     assert "kubernetes.raycluster.yaml" in docs
     for name, doc in docs.items():
         assert_valid_crd(doc, name)
@@ -317,6 +317,69 @@ def test_job_manifests_from_example_configs(tmp_path, capsys):
     assert env["pip"] == list(spec.runtime_env.pip) + ["rich==13.0"]
     for name, text in out.items():
         assert_valid_crd(yaml.safe_load(text), name)
+
+
+def _pods(cluster_spec: dict) -> list[dict]:
+    return [g["template"] for g in [cluster_spec["headGroupSpec"]] + cluster_spec["workerGroupSpecs"]]
+
+
+def test_networkpolicy_admits_only_own_pods_operator_and_serve():
+    spec = spec_of("kubernetes")
+    pol = kuberay.networkpolicy(spec)
+    assert (pol["apiVersion"], pol["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert pol["metadata"]["namespace"] == spec.provider.namespace
+    sel = pol["spec"]["podSelector"]["matchLabels"]
+    assert pol["spec"]["policyTypes"] == ["Ingress"]
+    # The policy selects every Ray pod of every manifest rendered for the spec ...
+    golden = golden_docs()
+    for name in ("kubernetes.raycluster.yaml", "kubernetes.rayjob-train.yaml", "kubernetes.rayservice-serve.yaml"):
+        s = golden[name]["spec"]
+        cluster = s.get("rayClusterSpec") or s.get("rayClusterConfig") or s
+        for pod in _pods(cluster):
+            assert sel.items() <= pod["metadata"]["labels"].items(), name
+    # ... and admits: its own pods on any port; only the dashboard and Serve and metrics ports otherwise.
+    rules = pol["spec"]["ingress"]
+    own = [r for r in rules if r.get("from") == [{"podSelector": {"matchLabels": sel}}]]
+    assert own and "ports" not in own[0]
+    others = [r for r in rules if r not in own]
+    open_ports = {p["port"] for r in others for p in r["ports"]}
+    assert open_ports == {spec.dashboard.port, spec.serve.port, spec.metrics.export_port}
+    anyone = [r for r in others if "from" not in r]
+    assert [p["port"] for r in anyone for p in r["ports"]] == [spec.serve.port]  # only Serve is public
+    assert golden["kubernetes.networkpolicy.yaml"] == pol
+
+
+def test_rayservice_mounts_the_serve_keys_secret():
+    spec = spec_of("kubernetes")
+    doc = golden_docs()["kubernetes.rayservice-serve.yaml"]
+    cfg = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    key_file = cfg["applications"][0]["args"]["auth"]["api_keys_file"]
+    assert not key_file.startswith("~") and key_file == f"{kuberay.SERVE_KEYS_DIR}/{kuberay.SERVE_KEYS_KEY}"
+    for pod in _pods(doc["spec"]["rayClusterConfig"]):
+        vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+        mounts = [m for c in pod["spec"]["containers"] for m in c["volumeMounts"]]
+        assert len(mounts) == len(pod["spec"]["containers"])  # every Ray container reads the same keys
+        for m in mounts:
+            secret = vols[m["name"]]["secret"]
+            assert m["readOnly"] is True and f"{m['mountPath']}/{secret['items'][0]['path']}" == key_file
+            assert secret["secretName"] == kuberay.serve_keys_secret(spec)
+            assert secret["defaultMode"] == 0o400 and secret["items"][0]["mode"] == 0o400
+        assert pod["spec"]["securityContext"]["fsGroup"] == kuberay.RAY_IMAGE_GID
+    # The same from `rayworks serve render --target kuberay`, and a keys-by-env job mounts nothing.
+    app = {"applications": [{"name": "a", "import_path": "x:y", "route_prefix": "/",
+                             "args": {"auth": {"api_keys_env": "K", "api_keys_file": None}}}]}
+    svc = kuberay.rayservice(spec, "s", app)
+    assert all("volumes" not in pod["spec"] for pod in _pods(svc["spec"]["rayClusterConfig"]))
+    assert_valid_crd(doc, "rayservice")
+
+
+def test_kuberay_refuses_secret_env_values():
+    spec = spec_of("kubernetes")
+    with pytest.raises(ConfigError, match="runtime_env.env_vars.DATABASE_URL.*password inside a URI.*secret_env_vars"):
+        kuberay.rayjob(spec, "j", "python x.py", {"env_vars": {"DATABASE_URL": "postgres://admin:pw@db/x"}})
+    spec.runtime_env.env_vars["HF_TOKEN"] = "x"  # changed after loading: still caught at render
+    with pytest.raises(ConfigError, match="HF_TOKEN looks like a secret"):
+        kuberay.raycluster(spec)
 
 
 def test_kuberay_refuses_loopback_dashboard():

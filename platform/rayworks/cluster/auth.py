@@ -25,12 +25,22 @@ def token_path(spec: ClusterSpec | None) -> Path:
     return Path.home() / ".ray" / "auth_token"
 
 
+# Ray's one-machine mode: the node's address is 127.0.0.1 (so its ports bind to loopback) and a
+# driver resolves `127.0.0.1:<gcs port>` to 127.0.0.1 instead of the machine's address. The
+# local head and every client of a local cluster need it (rayworks.cluster.local).
+LOCAL_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def auth_env(spec: ClusterSpec | None) -> dict[str, str]:
-    """Environment variables that make Ray clients (and `ray start`) use token auth."""
-    if spec is not None and spec.auth.mode == "disabled":
-        return {"RAY_AUTH_MODE": "disabled"}
-    env = {"RAY_AUTH_MODE": "token"}
-    if spec is not None and spec.auth.token_path:
+    """Environment variables that make Ray clients (and `ray start`) use token auth.
+
+    For a local spec also :data:`LOCAL_NODE_ENV`, which a driver connecting with
+    ``ray.init(address="127.0.0.1:<gcs port>")`` needs to reach a head bound to loopback.
+    """
+    env = {"RAY_AUTH_MODE": "disabled" if spec is not None and spec.auth.mode == "disabled" else "token"}
+    if spec is not None and spec.provider.type == "local":
+        env.update(LOCAL_NODE_ENV)
+    if env["RAY_AUTH_MODE"] == "token" and spec is not None and spec.auth.token_path:
         env["RAY_AUTH_TOKEN_PATH"] = str(token_path(spec))
     return env
 
@@ -41,6 +51,10 @@ def apply_auth_env(spec: ClusterSpec | None) -> None:
     if os.environ.get("RAY_AUTH_TOKEN") and env["RAY_AUTH_MODE"] == "token":
         env.pop("RAY_AUTH_TOKEN_PATH", None)  # an explicit token in the env wins, as in Ray
     os.environ.update(env)
+    consts = sys.modules.get("ray._private.ray_constants")
+    if consts is not None and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in env:
+        # Ray read the variable when it was imported; its address resolution reads this attribute.
+        consts.ENABLE_RAY_CLUSTER = False
 
 
 def ensure_token(spec: ClusterSpec) -> Path | None:
@@ -60,10 +74,81 @@ def ensure_token(spec: ClusterSpec) -> Path | None:
     return path
 
 
-def bearer_header(spec: ClusterSpec | None) -> dict[str, str]:
-    """The Authorization header for raw HTTP calls to the dashboard/Jobs API."""
+def listener_uids(port: int) -> set[int] | None:
+    """Owners (uids) of the sockets listening on ``port`` on loopback or all interfaces; None off Linux.
+
+    /proc/net/tcp{,6} lists every socket of the machine with its owner, readable by anyone.
+    """
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].is_file():
+        return None
+    local = {"0100007F", "00000000", "00000000000000000000000000000000", "00000000000000000000000001000000",
+             "0000000000000000FFFF00000100007F"}
+    uids = set()
+    for t in tables:
+        try:
+            lines = t.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            ip, _, hexport = f[1].partition(":")
+            if f[3] == "0A" and int(hexport, 16) == port and ip.upper() in local:
+                uids.add(int(f[7]))
+    return uids
+
+
+def verify_dashboard(spec: ClusterSpec, timeout_s: float = 3.0) -> None:
+    """Checks that the dashboard URL is this user's Ray before any token goes there.
+
+    Whatever listens on the dashboard port would otherwise receive the cluster token (which
+    lets it run code on the cluster). On loopback, the listening socket must belong to this
+    user (another local user cannot squat the port and harvest it; a process of this user can
+    read the token file anyway); and the server must answer Ray's unauthenticated
+    ``/api/authentication_mode`` like Ray does. A non-loopback host is the one the spec names.
+
+    Raises:
+        ClusterError: nothing answers, the listener belongs to another user, or it is not Ray.
+    """
+    import ipaddress
+    from urllib.parse import urlparse
+
+    import requests
+
+    u = urlparse(spec.dashboard_url)
+    try:
+        loopback = u.hostname == "localhost" or ipaddress.ip_address(u.hostname).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        uids = listener_uids(u.port)
+        if uids is not None and not uids:
+            raise ClusterError(f"nothing listens on {spec.dashboard_url}: is the cluster running "
+                               "(`rayworks up`, `rayworks status`)?")
+        if uids and uids != {os.getuid()}:
+            raise ClusterError(f"the process listening on {spec.dashboard_url} belongs to another user (uid "
+                               f"{sorted(uids)}); not sending the cluster token. Change dashboard.port in the spec")
+    try:
+        r = requests.get(f"{spec.dashboard_url}/api/authentication_mode", timeout=timeout_s)
+        mode = r.json().get("authentication_mode") if r.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError):
+        mode = None
+    if mode is None:
+        raise ClusterError(f"{spec.dashboard_url} does not answer like a Ray dashboard; not sending the cluster "
+                           "token. Is another program on that port? Change dashboard.port in the spec")
+
+
+def bearer_header(spec: ClusterSpec | None, verify: bool = True) -> dict[str, str]:
+    """The Authorization header for raw HTTP calls to the dashboard/Jobs API.
+
+    Args:
+        spec: the cluster spec (None: Ray's defaults).
+        verify: first check that the spec's dashboard is this user's Ray (:func:`verify_dashboard`).
+    """
     if spec is not None and spec.auth.mode == "disabled":
         return {}
+    if verify and spec is not None:
+        verify_dashboard(spec)
     tok = os.environ.get("RAY_AUTH_TOKEN")
     if not tok:
         p = token_path(spec)

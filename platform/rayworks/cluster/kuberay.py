@@ -14,6 +14,14 @@ Create the Secret once from the same token your laptop uses::
 Pods run ``runtime_env.image`` when the spec sets one, else the ``rayproject/ray``
 image of the spec's Ray/Python version; the spec's pinned pip packages then reach
 jobs through the RayJob/RayService runtime env.
+
+Network: Ray's ports (GCS, raylet, object manager, Serve replicas) listen on every pod
+interface; :func:`networkpolicy` admits only the cluster's own pods, the KubeRay operator
+and RayJob submitters (dashboard port) and anyone on the Serve port (guarded by the API key).
+
+Serve API keys: a RayService whose serve job names ``auth.api_keys_file`` reads it from a
+Kubernetes Secret (``<cluster>-serve-api-keys``, key ``api_keys``) mounted read-only with mode
+0400 at :data:`SERVE_KEYS_DIR` on every Ray pod; ``api_keys_file`` is rewritten to that path.
 """
 
 from __future__ import annotations
@@ -38,6 +46,15 @@ GPU_PRODUCTS = {
 }
 GCS_PORT = 6379
 CLIENT_PORT = 10001
+LABEL_CLUSTER = "rayworks.io/cluster"
+# Serve API keys inside the pods (a Secret volume); the file is SERVE_KEYS_DIR/SERVE_KEYS_KEY.
+SERVE_KEYS_DIR = "/etc/rayworks/serve-keys"
+SERVE_KEYS_KEY = "api_keys"
+SERVE_KEYS_MODE = 0o400
+# Group of the `ray` user in rayproject/ray images (uid 1000, gid 100). Secret volume files are
+# root-owned; with fsGroup the kubelet gives the group read access (0400 becomes 0440, group
+# fsGroup), so only the Ray processes of the pod can read the key.
+RAY_IMAGE_GID = 100
 
 
 def k8s_name(name: str) -> str:
@@ -72,12 +89,18 @@ def _resources(node: NodeType) -> dict:
 def _env(spec: ClusterSpec) -> list[dict]:
     # Serve's ingress mode (read by the controller and proxies at start) on every pod, then the spec's own.
     plain = {**spec.serve.node_env(), **spec.runtime_env.env_vars}
+    _check_env(plain, "runtime_env.env_vars")  # the spec may have been changed after loading
     env = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     # Secrets the spec names come from a Secret `<cluster>-env` that the operator of the
     # cluster creates; optional so a cluster without it still starts.
     env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": f"{spec.name}-env", "key": n, "optional": True}}}
             for n in sorted(spec.runtime_env.secret_env_vars)]
     return env
+
+
+def serve_keys_secret(spec: ClusterSpec) -> str:
+    """Name of the Secret holding the Serve API keys of a RayService on this cluster."""
+    return k8s_name(f"{spec.name}-serve-api-keys")
 
 
 def _container(spec: ClusterSpec, node: NodeType, name: str, ports: list[dict]) -> dict:
@@ -88,6 +111,15 @@ def _container(spec: ClusterSpec, node: NodeType, name: str, ports: list[dict]) 
     return c
 
 
+def _check_env(env: dict, where: str) -> None:
+    from rayworks.config.envcheck import env_var_problem
+
+    for k, v in env.items():
+        problem = env_var_problem(k, str(v), where)
+        if problem:
+            raise ConfigError(problem)
+
+
 def _pod_template(spec: ClusterSpec, node: NodeType, container: dict, role: str) -> dict:
     pod: dict = {"containers": [container]}
     if node.accelerator_type:
@@ -95,7 +127,8 @@ def _pod_template(spec: ClusterSpec, node: NodeType, container: dict, role: str)
     if node.num_gpus:
         # GPU node pools are usually tainted so that only GPU pods land there.
         pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    return {"metadata": {"labels": {"app.kubernetes.io/name": "rayworks", LABEL_ROLE: role}}, "spec": pod}
+    labels = {"app.kubernetes.io/name": "rayworks", LABEL_ROLE: role, LABEL_CLUSTER: spec.name}
+    return {"metadata": {"labels": labels}, "spec": pod}
 
 
 def _group_resources(node: NodeType, role: str) -> dict[str, str]:
@@ -192,6 +225,7 @@ def rayjob(spec: ClusterSpec, name: str, entrypoint: str, runtime_env: dict) -> 
         "rayClusterSpec": raycluster_spec(spec),
     }
     if runtime_env:
+        _check_env(runtime_env.get("env_vars") or {}, "runtime_env.env_vars")
         job_spec["runtimeEnvYAML"] = _block_yaml(runtime_env)
     return {"apiVersion": API_VERSION, "kind": "RayJob", "metadata": _metadata(spec, name, "job"), "spec": job_spec}
 
@@ -201,8 +235,65 @@ def rayservice(spec: ClusterSpec, name: str, serve_config_v2: dict) -> dict:
 
     Serve's proxy must listen on all pod interfaces for the serve Service to reach it, so
     ``http_options`` defaults to ``0.0.0.0:<serve.port>`` when the config does not set it.
+    An app whose args name ``auth.api_keys_file`` reads the keys from the Secret
+    :func:`serve_keys_secret` mounted on every Ray pod (see the module docstring).
     """
-    cfg = dict(serve_config_v2)
+    import copy
+
+    cfg = copy.deepcopy(serve_config_v2)
     cfg.setdefault("http_options", {"host": "0.0.0.0", "port": spec.serve.port})
+    mount = False
+    for app in cfg.get("applications", []):
+        auth = (app.get("args") or {}).get("auth") or {}
+        if auth.get("api_keys_file"):
+            # A laptop path (`~/...`) means nothing in a pod: the keys come from the mounted Secret.
+            auth["api_keys_file"] = f"{SERVE_KEYS_DIR}/{SERVE_KEYS_KEY}"
+            mount = True
+        _check_env((app.get("runtime_env") or {}).get("env_vars") or {}, "applications.runtime_env.env_vars")
+    cluster = raycluster_spec(spec)
+    if mount:
+        _mount_serve_keys(spec, cluster)
     return {"apiVersion": API_VERSION, "kind": "RayService", "metadata": _metadata(spec, name, "service"),
-            "spec": {"serveConfigV2": _block_yaml(cfg), "rayClusterConfig": raycluster_spec(spec)}}
+            "spec": {"serveConfigV2": _block_yaml(cfg), "rayClusterConfig": cluster}}
+
+
+def _mount_serve_keys(spec: ClusterSpec, cluster: dict) -> None:
+    """Mounts the Serve API-key Secret read-only (mode 0400, group fsGroup) into every Ray pod."""
+    for group in [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]:
+        volume = {"name": "serve-api-keys",  # one dict per pod: no YAML anchors in the output
+                  "secret": {"secretName": serve_keys_secret(spec), "defaultMode": SERVE_KEYS_MODE,
+                             "items": [{"key": SERVE_KEYS_KEY, "path": SERVE_KEYS_KEY, "mode": SERVE_KEYS_MODE}]}}
+        pod = group["template"]["spec"]
+        pod["volumes"] = pod.get("volumes", []) + [volume]
+        pod["securityContext"] = {**pod.get("securityContext", {}), "fsGroup": RAY_IMAGE_GID}
+        for c in pod["containers"]:
+            c["volumeMounts"] = c.get("volumeMounts", []) + [
+                {"name": "serve-api-keys", "mountPath": SERVE_KEYS_DIR, "readOnly": True}]
+
+
+def networkpolicy(spec: ClusterSpec) -> dict:
+    """A NetworkPolicy for every Ray pod of the spec's clusters (RayCluster, RayJob, RayService).
+
+    Admits: the cluster's own pods (all ports: Ray's are many and partly dynamic); the KubeRay
+    operator (any namespace) and the namespace's RayJob submitter pods on the dashboard port
+    (job and Serve status, `ray job submit`; token auth guards it); anyone on the Serve port
+    (the Serve Service's traffic; the serve API-key gate guards it). Nothing else, so the GCS,
+    Ray Client, the agents, metrics and replica ports are closed to other pods.
+    Needs a CNI that enforces NetworkPolicy (Calico, Cilium, most managed clusters).
+    """
+    ours = {"matchLabels": {LABEL_CLUSTER: spec.name}}
+    dashboard = [{"protocol": "TCP", "port": spec.dashboard.port}]
+    ingress = [
+        {"from": [{"podSelector": ours}]},
+        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}},
+                  {"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob"}}}],
+         "ports": dashboard},
+        {"ports": [{"protocol": "TCP", "port": spec.serve.port}]},
+    ]
+    # Prometheus (pods labelled app.kubernetes.io/name=prometheus, any namespace) scrapes every
+    # pod's metrics export port: read-only, no auth in Ray.
+    ingress.append({"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "prometheus"}}}], "ports": [{"protocol": "TCP", "port": spec.metrics.export_port}]})
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _metadata(spec, f"{spec.name}-ray", "network-policy"),
+            "spec": {"podSelector": ours, "policyTypes": ["Ingress"], "ingress": ingress}}

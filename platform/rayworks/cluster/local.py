@@ -4,6 +4,13 @@
 exactly what ``up`` started, never another Ray on the machine), with the dashboard
 on the spec's host, metrics export on and token auth on, then waits until the Jobs
 API answers with our token.
+
+Every port of a local head listens on loopback. Ray resolves ``--node-ip-address=127.0.0.1``
+to the machine's address (``services.resolve_ip_for_localhost``) and then binds the GCS,
+raylet, agents, metrics export and Ray Client to it or to all interfaces. Ray's single-machine
+mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS/Windows) makes the node's
+address 127.0.0.1, and the GCS/raylet gRPC servers then listen on loopback only. What Ray
+cannot narrow is listed in :data:`OFF_LOOPBACK`.
 """
 
 from __future__ import annotations
@@ -18,11 +25,26 @@ from pathlib import Path
 
 import requests
 
-from rayworks.cluster.auth import auth_env, bearer_header, ensure_token
+from rayworks.cluster.auth import LOCAL_NODE_ENV, auth_env, bearer_header, ensure_token, verify_dashboard
 from rayworks.config.cluster import ClusterSpec
 from rayworks.errors import ClusterError, ConfigError
 
 STATE_DIR = Path(os.environ.get("RAYWORKS_HOME", Path.home() / ".rayworks")) / "clusters"
+# Ray's switch for a one-machine cluster: the node's address is 127.0.0.1 and nothing can join.
+LOOPBACK_ENV = LOCAL_NODE_ENV
+# Listeners of a local cluster that Ray 2.60 binds to all interfaces whatever the node address,
+# with why that is acceptable. Keys are what tests/integration/test_security_listeners.py allows.
+OFF_LOOPBACK = {
+    "haproxy_stats": "serve.ha_proxy only: Ray's HAProxy template hard-codes `bind *:<stats port>`; a read-only "
+                     "stats page (no control socket over HTTP). Firewall it, or set serve.ha_proxy: false",
+    "haproxy_metrics": "serve.ha_proxy only: Ray's HAProxy template hard-codes `bind :<metrics port>`; read-only "
+                       "Prometheus exporter. Firewall it, or set serve.ha_proxy: false",
+    "serve_replica": "serve.ha_proxy only: Ray Serve forces replica HTTP ports to 0.0.0.0 in HAProxy mode "
+                     "(serve/_private/constants.py) so other nodes' HAProxy can reach them; every request there "
+                     "passes the serve API-key gate",
+    "dashboard": "only when the spec sets dashboard.host off loopback: token auth guards it",
+    "serve_http": "only when the spec sets serve.host off loopback: the serve API-key gate guards it",
+}
 
 
 def state_file(spec: ClusterSpec) -> Path:
@@ -35,11 +57,19 @@ def read_state(spec: ClusterSpec) -> dict | None:
 
 
 def probe(spec: ClusterSpec, timeout_s: float = 3.0) -> str:
-    """'up' if the Jobs API answers with our token, 'auth' if it refuses it, 'down' otherwise."""
+    """'up' if the Jobs API answers with our token, 'auth' if it refuses it, 'down' otherwise.
+
+    'foreign' when something that is not this user's Ray holds the dashboard port: the token is
+    only sent after :func:`verify_dashboard` says it is.
+    """
     try:
-        hdr = bearer_header(spec)
+        verify_dashboard(spec, timeout_s)
+    except ClusterError as exc:
+        return "down" if "nothing listens" in str(exc) or _refused(spec, timeout_s) else "foreign"
+    try:
+        hdr = bearer_header(spec, verify=False)  # verified just above
     except ClusterError:
-        hdr = {}  # no token here yet: a running cluster will answer 401, a free port not at all
+        hdr = {}  # no token here yet: a running cluster will answer 401
     try:
         r = requests.get(f"{spec.dashboard_url}/api/jobs/", headers=hdr, timeout=timeout_s)
     except requests.RequestException:
@@ -47,6 +77,17 @@ def probe(spec: ClusterSpec, timeout_s: float = 3.0) -> str:
     if r.status_code in (401, 403):
         return "auth"
     return "up" if r.status_code == 200 else "down"
+
+
+def _refused(spec: ClusterSpec, timeout_s: float) -> bool:
+    """True when nothing accepts connections on the dashboard URL."""
+    try:
+        requests.get(spec.dashboard_url, timeout=timeout_s)
+    except requests.ConnectionError:
+        return True
+    except requests.RequestException:
+        return False
+    return False
 
 
 def head_command(spec: ClusterSpec) -> list[str]:
@@ -77,6 +118,7 @@ def head_env(spec: ClusterSpec) -> dict[str, str]:
     # Jobs run `python ...`: make that the interpreter rayworks runs under.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(auth_env(spec))
+    env.update(LOOPBACK_ENV)
     env.update({"RAY_USAGE_STATS_ENABLED": "0", "VLLM_NO_USAGE_STATS": "1",
                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     env.update(spec.serve.node_env())
@@ -103,6 +145,9 @@ def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
     if status == "auth":
         raise ClusterError(f"a Ray dashboard at {spec.dashboard_url} refused our token: another cluster holds "
                            "that port. Stop it, or change dashboard.port in the spec")
+    if status == "foreign":
+        raise ClusterError(f"something that is not this user's Ray listens on {spec.dashboard_url}; "
+                           "stop it, or change dashboard.port in the spec")
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):
         try:
@@ -145,7 +190,8 @@ def _start(spec: ClusterSpec, timeout_s: float, quiet: bool) -> dict:
 
 def _gcs_ready(spec: ClusterSpec) -> bool:
     try:
-        r = requests.get(f"{spec.dashboard_url}/nodes?view=summary", headers=bearer_header(spec), timeout=3)
+        r = requests.get(f"{spec.dashboard_url}/nodes?view=summary", headers=bearer_header(spec, verify=False),
+                         timeout=3)  # called right after probe() verified the listener
         return r.status_code == 200 and bool(r.json().get("data", {}).get("summary"))
     except (requests.RequestException, ValueError):
         return False
@@ -239,6 +285,14 @@ def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
         if not quiet:
             print(f"cluster {spec.name!r} was not started by rayworks (no state file); nothing to stop")
         return False
+    if not is_our_ray(st, spec):
+        # A stale file (the head died, the machine rebooted): its pid may now be anyone's process.
+        state_file(spec).unlink(missing_ok=True)
+        _reap(int(st.get("pgid") or 0))  # our own exited child, if `up` ran in this process
+        if not quiet:
+            print(f"cluster {spec.name!r} is not running (stale state file, process group {st.get('pgid')} is not "
+                  "this cluster's Ray); removed the state file, signalled nothing")
+        return False
     stop_process_group(st["pgid"], timeout_s)
     stop_session(st["pgid"], timeout_s)  # up's Popen(start_new_session=True): session id == pgid == pid
     _reap(st["pgid"])
@@ -251,6 +305,40 @@ def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
     if not quiet:
         print(f"cluster {spec.name!r} stopped")
     return True
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_our_ray(st: dict, spec: ClusterSpec) -> bool:
+    """True when the state file's process group (or session) still runs this cluster's Ray.
+
+    Checked before any signal: a pid from a stale file may since belong to an unrelated
+    process. Ours means: owned by this user, and some process of the group is a Ray process
+    of this cluster: `ray start --head` with this temp dir, or a Ray daemon whose arguments
+    name a session under it.
+    """
+    pgid = int(st.get("pgid") or 0)
+    temp_dir = str(st.get("temp_dir") or spec.local.temp_dir).rstrip("/")
+    if pgid <= 1:
+        return False
+    for pid in set(_live(pgid, group=True)) | set(_live(pgid, group=False)):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        args = _cmdline(pid)
+        text = " ".join(args)
+        head = "start" in args and "--head" in args and f"--temp-dir={temp_dir}" in args
+        daemon = "ray" in text and (f"{temp_dir}/session_" in text or f"={temp_dir}/" in text)
+        if head or daemon:
+            return True
+    return False
 
 
 def status(spec: ClusterSpec) -> dict:

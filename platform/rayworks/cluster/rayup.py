@@ -116,28 +116,54 @@ def _gcp_node_config(node: NodeType) -> dict:
     return cfg
 
 
-def _start_env(spec: ClusterSpec, head: bool) -> str:
+def _start_env(spec: ClusterSpec, head: bool) -> list[str]:
     env = []
     if spec.auth.mode == "token":
         env.append("RAY_AUTH_MODE=token")
     if head and spec.metrics.prometheus_url:
-        env.append(f"RAY_PROMETHEUS_HOST={shlex.quote(spec.metrics.prometheus_url)}")
+        env.append(f"RAY_PROMETHEUS_HOST={spec.metrics.prometheus_url}")
     if head and spec.metrics.grafana_url:
-        env.append(f"RAY_GRAFANA_HOST={shlex.quote(spec.metrics.grafana_url)}")
+        env.append(f"RAY_GRAFANA_HOST={spec.metrics.grafana_url}")
     # Serve's ingress mode is read by the controller and proxies at start: every node needs it.
-    env += [f"{k}={shlex.quote(v)}" for k, v in spec.serve.node_env().items()]
-    return " ".join(env + [""])
+    env += [f"{k}={v}" for k, v in spec.serve.node_env().items()]
+    return env
+
+
+def start_args(spec: ClusterSpec, head: bool) -> list[str]:
+    """The argument list of one node's ``env ... ray start ...`` (what :func:`start_commands` quotes).
+
+    ``$RAY_HEAD_IP`` (set by the cluster launcher on workers) is the one shell expansion the
+    worker command keeps; it stays outside the quoted arguments.
+    """
+    args = ["env", *_start_env(spec, head), "ray", "start"]
+    if head:
+        args += ["--head", f"--port={GCS_PORT}", f"--object-manager-port={OBJECT_MANAGER_PORT}",
+                 "--autoscaling-config=~/ray_bootstrap_config.yaml",
+                 f"--dashboard-host={spec.dashboard.host}", f"--dashboard-port={spec.dashboard.port}"]
+    else:
+        args += [f"--object-manager-port={OBJECT_MANAGER_PORT}"]
+    return args + [f"--metrics-export-port={spec.metrics.export_port}", "--disable-usage-stats"]
+
+
+def _quote(arg: str) -> str:
+    # `~/...` must stay unquoted for the shell to expand it; the rest is quoted (validated or not).
+    if arg.startswith("--autoscaling-config=~/") and shlex.quote(arg[len("--autoscaling-config=~/"):]) == \
+            arg[len("--autoscaling-config=~/"):]:
+        return arg
+    return shlex.quote(arg)
 
 
 def start_commands(spec: ClusterSpec) -> tuple[list[str], list[str]]:
-    """``ray start`` for the head and for workers: token auth, metrics export, dashboard host."""
-    head = (f"ulimit -n 65536; {_start_env(spec, True)}ray start --head --port={GCS_PORT} "
-            f"--object-manager-port={OBJECT_MANAGER_PORT} --autoscaling-config=~/ray_bootstrap_config.yaml "
-            f"--dashboard-host={spec.dashboard.host} --dashboard-port={spec.dashboard.port} "
-            f"--metrics-export-port={spec.metrics.export_port} --disable-usage-stats")
-    worker = (f"ulimit -n 65536; {_start_env(spec, False)}ray start --address=$RAY_HEAD_IP:{GCS_PORT} "
-              f"--object-manager-port={OBJECT_MANAGER_PORT} --metrics-export-port={spec.metrics.export_port} "
-              "--disable-usage-stats")
+    """``ray start`` for the head and for workers: token auth, metrics export, dashboard host.
+
+    Every value is shell-quoted (hosts are also validated in the spec), so
+    ``shlex.split`` of the command after ``ulimit -n 65536;`` gives :func:`start_args`.
+    """
+    head = "ulimit -n 65536; " + " ".join(_quote(a) for a in start_args(spec, True))
+    worker_args = start_args(spec, False)
+    at = worker_args.index("start") + 1
+    worker = ("ulimit -n 65536; " + " ".join(_quote(a) for a in worker_args[:at])
+              + f' --address="$RAY_HEAD_IP":{GCS_PORT} ' + " ".join(_quote(a) for a in worker_args[at:]))
     return ["ray stop", head], ["ray stop", worker]
 
 

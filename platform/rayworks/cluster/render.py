@@ -26,7 +26,10 @@ JOB_KINDS = ("prep", "train", "generate")  # kinds that run to completion as a R
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (serveConfigV2, runtimeEnvYAML) as readable literal blocks."""
+    """Multi-line strings (serveConfigV2, runtimeEnvYAML) as readable literal blocks; no anchors."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True  # a shared dict is written out in full each time: manifests read as they apply
 
 
 def _str(dumper: yaml.SafeDumper, data: str):
@@ -91,6 +94,16 @@ def _usage(target: str, spec: ClusterSpec, out_name: str, where: str = RENDERED)
     return [f"Secret:    kubectl -n {spec.provider.namespace} create secret generic {spec.auth.k8s_secret_name} "
             "--from-file=auth_token=$HOME/.ray/auth_token",
             f"Apply:     kubectl apply -f {where}/{out_name}"]
+
+
+def serve_keys_usage(spec: ClusterSpec, job) -> list[str]:
+    """The header line that creates the Serve API-key Secret a RayService mounts (if it uses a key file)."""
+    from rayworks.cluster.kuberay import SERVE_KEYS_KEY, serve_keys_secret
+
+    if not job.auth.api_keys_file:
+        return []
+    return [f"Keys:      kubectl -n {spec.provider.namespace} create secret generic {serve_keys_secret(spec)} "
+            f"--from-file={SERVE_KEYS_KEY}=$HOME/.rayworks/serve_api_keys   (`rayworks serve keygen` makes one)"]
 
 
 def render_file(spec_path: str | Path, target: str | None, command: str, where: str = RENDERED) -> tuple[str, str]:
@@ -191,9 +204,21 @@ def job_manifests(spec_path: Path, spec: ClusterSpec, configs: Path | None = Non
                 renv["pip"] = base_pip + [p for p in renv.get("pip", []) if p not in base_pip]
             doc = rayservice(spec, job.name, app)
             header = _header("KubeRay RayService", f"{spec_rel} + {rel}", RENDER_ALL_CMD,
-                             _usage("kuberay", spec, name) + [NEEDS_PROJECT])
+                             _usage("kuberay", spec, name) + serve_keys_usage(spec, job) + [NEEDS_PROJECT])
             out[name] = to_yaml(doc, header)
     return out
+
+
+def network_policy(spec_path: Path, spec: ClusterSpec, where: str = RENDERED) -> dict[str, str]:
+    """{file name: YAML} of the NetworkPolicy for a kubernetes spec's Ray pods."""
+    from rayworks.cluster.kuberay import networkpolicy
+
+    name = f"{spec_path.stem}.networkpolicy.yaml"
+    header = _header("Kubernetes NetworkPolicy for the Ray pods of every RayCluster/RayJob/RayService of this spec",
+                     display_path(spec_path), RENDER_ALL_CMD,
+                     [f"Apply:     kubectl apply -f {where}/{name}   (before the Ray manifests; needs a CNI that "
+                      "enforces NetworkPolicy)"])
+    return {name: to_yaml(networkpolicy(spec), header)}
 
 
 def shipped_specs() -> list[Path]:
@@ -211,6 +236,7 @@ def render_all() -> dict[str, str]:
         spec = load_cluster_spec(p)
         if spec.provider.type == "kubernetes":
             out.update(job_manifests(p, spec))
+            out.update(network_policy(p, spec))
     return dict(sorted(out.items()))
 
 

@@ -10,14 +10,36 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from rayworks.config.base import StrictModel, load_yaml_model
+from rayworks.config.envcheck import check_env_vars, check_secret_names
 
 Role = Literal["data", "train", "serve", "general"]
-_SECRETISH = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)", re.I)
+# RFC 1123 host names: what may follow `--dashboard-host=` in a shell command or a manifest.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+# Identifiers that land in shell commands, file names and manifests (regions, zones, projects,
+# namespaces, instance types, accelerator names): letters, digits and . _ - only.
+_IDENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# http(s)://host[:port][/path] with no whitespace, quotes or shell metacharacters.
+_URL = r"^https?://[A-Za-z0-9.\[\]:-]+(/[A-Za-z0-9._~/%-]*)?$"
+
+
+def _check_host(value: str) -> str:
+    """An IP address or an RFC 1123 host name; anything else (spaces, ';', quotes) is refused."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is not an IP address or host name (e.g. 127.0.0.1, 0.0.0.0, head.example.com)")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_check_host)]
 
 
 class Provider(StrictModel):
@@ -25,10 +47,11 @@ class Provider(StrictModel):
 
     type: Literal["local", "aws", "gcp", "kubernetes"] = Field(
         "local", description="local: one Ray head on this machine; aws/gcp: `ray up`; kubernetes: KubeRay.")
-    region: str | None = Field(None, description="Cloud region (aws, gcp), e.g. us-west-2 or us-central1.")
-    availability_zone: str | None = Field(None, description="Zone(s) within the region, e.g. us-west-2a or us-central1-a.")
-    project_id: str | None = Field(None, description="GCP project id (gcp only).")
-    namespace: str | None = Field(None, description="Kubernetes namespace for the RayCluster (kubernetes only).")
+    region: str | None = Field(None, pattern=_IDENT, description="Cloud region (aws, gcp), e.g. us-west-2 or us-central1.")
+    availability_zone: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._,-]{0,127}$",
+                                          description="Zone(s) within the region, e.g. us-west-2a or us-central1-a.")
+    project_id: str | None = Field(None, pattern=_IDENT, description="GCP project id (gcp only).")
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="Kubernetes namespace for the RayCluster (kubernetes only).")
 
     @model_validator(mode="after")
     def _check(self) -> "Provider":
@@ -42,13 +65,14 @@ class Provider(StrictModel):
 class NodeType(StrictModel):
     """Resources of one node (the head, or each node of a worker group)."""
 
-    instance_type: str | None = Field(None, description="Cloud instance/machine type (aws, gcp). Ignored for local/kubernetes.")
+    instance_type: str | None = Field(None, pattern=_IDENT, description="Cloud instance/machine type (aws, gcp). Ignored for local/kubernetes.")
     num_cpus: int = Field(..., ge=1, description="CPUs Ray advertises on the node (logical; may exceed physical cores locally).")
     num_gpus: int = Field(0, ge=0, description="GPUs per node.")
-    accelerator_type: str | None = Field(None, description="GPU type, e.g. H100, A100, L4. Only on nodes with num_gpus > 0.")
+    accelerator_type: str | None = Field(None, pattern=_IDENT, description="GPU type, e.g. H100, A100, L4. Only on nodes with num_gpus > 0.")
     memory_gb: float = Field(..., gt=0, description="Memory per node in GiB (pod memory on kubernetes).")
     disk_size_gb: int = Field(200, ge=10, description="Boot disk size in GiB for cloud nodes.")
-    resources: dict[str, float] = Field(default_factory=dict, description="Extra custom Ray resources on the node.")
+    resources: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$")], float] = Field(
+        default_factory=dict, description="Extra custom Ray resources on the node (name: amount).")
 
     @model_validator(mode="after")
     def _check_gpu(self) -> "NodeType":
@@ -92,7 +116,7 @@ class RuntimeEnv(StrictModel):
     """What every job gets: pinned packages or a container image, and env vars."""
 
     pip: list[str] = Field(default_factory=list, description="Pinned pip requirements installed on every node (setup commands / image build).")
-    image: str | None = Field(None, description="Container image for every node (ray up docker / KubeRay pods).")
+    image: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$", description="Container image for every node (ray up docker / KubeRay pods).")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Non-secret environment variables for every job.")
     secret_env_vars: list[str] = Field(
         default_factory=list,
@@ -100,25 +124,26 @@ class RuntimeEnv(StrictModel):
 
     @model_validator(mode="after")
     def _no_secrets(self) -> "RuntimeEnv":
-        for k in self.env_vars:
-            if _SECRETISH.search(k):
-                raise ValueError(f"env_vars.{k} looks like a secret; list its name under "
-                                 "runtime_env.secret_env_vars instead so its value never lands in a file")
+        # Names and values: a DATABASE_URL with a password or an `hf_...` value is as secret as HF_TOKEN.
+        check_env_vars(self.env_vars, "runtime_env.env_vars")
+        check_secret_names(self.secret_env_vars, "runtime_env.secret_env_vars")
         return self
 
 
 class Auth(StrictModel):
     """Ray token authentication for the GCS, dashboard and Jobs API."""
 
-    mode: Literal["token", "disabled"] = Field("token", description="token (default) or disabled. disabled requires a loopback dashboard.")
+    mode: Literal["token", "disabled"] = Field(
+        "token", description="token (default) or disabled. disabled is refused except on a local cluster whose every "
+                             "listener is on loopback (dashboard.host and serve.host loopback, serve.ha_proxy: false).")
     token_path: str | None = Field(None, description="Token file; default ~/.ray/auth_token (Ray's own default).")
-    k8s_secret_name: str = Field("rayworks-auth-token", description="Kubernetes Secret that holds the token (kubernetes only).")
+    k8s_secret_name: str = Field("rayworks-auth-token", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", description="Kubernetes Secret that holds the token (kubernetes only).")
 
 
 class Dashboard(StrictModel):
     """Ray dashboard and Jobs API."""
 
-    host: str = Field("127.0.0.1", description="Bind address; loopback by default. Use port-forwarding or a tunnel to reach it.")
+    host: Host = Field("127.0.0.1", description="Bind address; loopback by default. Use port-forwarding or a tunnel to reach it.")
     port: int = Field(8265, ge=1, le=65535, description="Dashboard / Jobs API port.")
 
 
@@ -126,14 +151,14 @@ class Metrics(StrictModel):
     """Prometheus metrics export."""
 
     export_port: int = Field(8080, ge=1, le=65535, description="Port each node serves /metrics on.")
-    prometheus_url: str | None = Field(None, description="Prometheus the Ray dashboard queries (RAY_PROMETHEUS_HOST).")
-    grafana_url: str | None = Field(None, description="Grafana the Ray dashboard links to (RAY_GRAFANA_HOST).")
+    prometheus_url: str | None = Field(None, pattern=_URL, description="Prometheus the Ray dashboard queries (RAY_PROMETHEUS_HOST).")
+    grafana_url: str | None = Field(None, pattern=_URL, description="Grafana the Ray dashboard links to (RAY_GRAFANA_HOST).")
 
 
 class ServeHTTP(StrictModel):
     """Ray Serve's HTTP proxy."""
 
-    host: str = Field("127.0.0.1", description="Serve proxy bind address.")
+    host: Host = Field("127.0.0.1", description="Serve proxy bind address.")
     port: int = Field(8000, ge=1, le=65535, description="Serve HTTP port (OpenAI-compatible API).")
     ha_proxy: bool = Field(
         True, description="Run Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) on every node. It forwards "
@@ -170,7 +195,8 @@ class LocalOptions(StrictModel):
     gcs_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local head.")
     ray_client_port: int = Field(10001, ge=1, le=65535, description="Ray Client server port.")
     dashboard_agent_listen_port: int = Field(52365, ge=1, le=65535, description="Dashboard agent HTTP port.")
-    temp_dir: str = Field("/tmp/ray", description="Ray's session/log directory for this cluster.")
+    temp_dir: str = Field("/tmp/ray", pattern=r"^[^\x00-\x1f]+$",
+                          description="Ray's session/log directory for this cluster (no control characters).")
     object_store_memory_gb: float = Field(2.0, gt=0, description="Object store size in GiB.")
 
 
@@ -185,8 +211,8 @@ class ClusterSpec(StrictModel):
     """A cluster, described once."""
 
     name: str = Field(..., pattern=r"^[a-z][a-z0-9-]{0,38}$", description="Cluster name (lowercase, DNS-safe).")
-    ray_version: str = Field("2.60.0", description="Ray version on every node.")
-    python_version: str = Field("3.11", description="Python version of the node images.")
+    ray_version: str = Field("2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+([a-z0-9.+-]*)$", description="Ray version on every node.")
+    python_version: str = Field("3.11", pattern=r"^3\.[0-9]{1,2}$", description="Python version of the node images.")
     provider: Provider = Field(default_factory=Provider, description="Where it runs.")
     head: HeadNode = Field(..., description="The head node.")
     worker_groups: list[WorkerGroup] = Field(default_factory=list, description="Named worker groups.")
@@ -214,10 +240,28 @@ class ClusterSpec(StrictModel):
         if self.provider.type != "local" and not self.storage.is_remote and not self.storage.uri.startswith("/"):
             raise ValueError(f"storage.uri={self.storage.uri!r}: a multi-node cluster needs s3://, gs:// or an "
                              "absolute path on a shared mount")
-        if self.auth.mode == "disabled" and not _is_loopback(self.dashboard.host):
-            raise ValueError(f"auth.mode=disabled with dashboard.host={self.dashboard.host!r} exposes the Jobs API "
-                             "(remote code execution); keep auth.mode=token or bind the dashboard to 127.0.0.1")
+        if self.auth.mode == "disabled":
+            self._check_auth_disabled()
         return self
+
+    def _check_auth_disabled(self) -> None:
+        """auth.mode=disabled only where nothing but this machine can reach any listener.
+
+        Without a token the GCS, the dashboard agent's job API and Ray Client run anyone's code:
+        a remote cluster never qualifies; a local one only when every listener is on loopback.
+        Ray binds its own ports to loopback on a local head (rayworks.cluster.local), but HAProxy's
+        stats page and exporter, and Serve replica ports in HAProxy mode, always bind all interfaces.
+        """
+        why = "an open GCS, job API and Ray Client are remote code execution for anyone who can reach them"
+        if self.provider.type != "local":
+            raise ValueError(f"auth.mode=disabled on provider.type={self.provider.type}: {why}; keep auth.mode=token")
+        for field, host in (("dashboard.host", self.dashboard.host), ("serve.host", self.serve.host)):
+            if not _is_loopback(host):
+                raise ValueError(f"auth.mode=disabled with {field}={host!r} exposes the Jobs API "
+                                 f"(remote code execution); keep auth.mode=token or bind {field} to 127.0.0.1")
+        if self.serve.ha_proxy:
+            raise ValueError("auth.mode=disabled with serve.ha_proxy: true: Serve's HAProxy and replica ports listen "
+                             "on all interfaces; keep auth.mode=token or set serve.ha_proxy: false")
 
     @property
     def dashboard_url(self) -> str:
@@ -239,10 +283,34 @@ def _is_loopback(host: str) -> bool:
 
 
 def default_spec_path() -> Path:
-    """The embedded default: cluster/local.yaml in a checkout, else the packaged copy."""
+    """The spec used when none is given: the project's, else the packaged default.
+
+    In order: ``cluster/local.yaml`` under the current folder (a checkout, or a project
+    that ``rayworks init`` made); the checkout beside the package (editable installs);
+    else ``$RAYWORKS_HOME/cluster/local.yaml`` (default ``~/.rayworks``), copied there from
+    the packaged default on first use. The copy matters: the spec's storage is relative to
+    the spec file (``../artifacts``), which beside the packaged file would be inside
+    site-packages; copied, it is ``~/.rayworks/artifacts``.
+    """
+    here = Path.cwd() / "cluster" / "local.yaml"
+    if here.is_file():
+        return here
     repo = Path(__file__).resolve().parents[3] / "cluster" / "local.yaml"
     if repo.is_file():
         return repo
+    import os
+    import shutil
+
+    home = Path(os.environ.get("RAYWORKS_HOME", Path.home() / ".rayworks")).expanduser()
+    user = home / "cluster" / "local.yaml"
+    if not user.is_file():
+        user.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(packaged_default_spec(), user)
+    return user
+
+
+def packaged_default_spec() -> Path:
+    """The default local spec shipped inside the package (the checkout's cluster/local.yaml)."""
     return Path(__file__).resolve().parents[1] / "defaults" / "local.yaml"
 
 

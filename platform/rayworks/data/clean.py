@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-from rayworks.data import storage
+from rayworks import storage
 from rayworks.data.read import BadFile, read_part
 
 # C0 and C1 controls except tab (09) and newline (0a); CR (0d) is turned into LF first.
 CONTROL_RE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{7f}-\x{9f}]"
-DROP_REASONS = ("undecodable", "empty", "too_short", "too_long")
 
 
 def clean_texts(texts: list[str], normalize: str = "NFC", strip_control: bool = True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rayworks.data import storage
+from rayworks import storage
 
 
 def _bucket_of(hashes, num_buckets: int) -> np.ndarray:

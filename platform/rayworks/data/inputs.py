@@ -13,7 +13,7 @@ import glob
 import os
 from typing import TYPE_CHECKING
 
-from rayworks.data import storage
+from rayworks import storage
 from rayworks.errors import ConfigError
 
 if TYPE_CHECKING:

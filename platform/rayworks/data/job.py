@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from rayworks import artifacts, storage
 from rayworks.config.base import config_hash
 from rayworks.config.prep import PrepJob
-from rayworks.data import storage
 from rayworks.data.execute import Progress, count_drops, count_tokens, run_units
 from rayworks.data.inputs import expand_inputs, plan_units
 from rayworks.data.manifest import MANIFEST, versions
@@ -57,6 +57,7 @@ def run(job: PrepJob) -> dict:
             raise ConfigError(f"tokenizer.path: {job.tokenizer.path} is not a local tokenizer directory with "
                               "tokenizer.json; unset it to train one")
     out = job.output()
+    artifacts.check_output_dir(job.output_uri or out, _storage_root(job), "output_uri")
     cfg = manifest_config(job)
     chash = config_hash(cfg)
     units = plan_units(files, max(1, int(job.unit_mb * 1e6)))
@@ -67,38 +68,40 @@ def run(job: PrepJob) -> dict:
 
     ensure_ray((job.execution.num_workers or 0) * job.execution.num_cpus_per_worker)
     workers, cpus = _num_workers(job), job.execution.num_cpus_per_worker
-    work = storage.join(out, "_work")
+    storage.cleanup_temporaries(out)
 
     # Input hashes: for the manifest, and to tell a resumable run from a changed input.
     groups = [{"paths": sorted({files[p["file"]]["path"] for p in u["parts"]})} for u in units]
     shas: dict[str, str] = {}
     for r in run_units(_hash_files, groups, workers, cpus):
         shas.update(r)
-    inputs = [{"path": f["path"], "size_bytes": f["size_bytes"], "sha256": shas[f["path"]]} for f in files]
+    inputs = [{"role": "corpus", "path": f["path"], "size_bytes": f["size_bytes"], "sha256": shas[f["path"]]}
+              for f in files]
     plan = {"config_hash": chash, "inputs": inputs, "num_units": len(units)}
 
-    mpath = storage.join(out, MANIFEST)
-    if storage.exists(mpath):
-        m = storage.read_json(mpath)
-        if m.get("config_hash") == chash and m.get("inputs") == inputs:
-            print(f"[prep] {out} is already complete for this config and these inputs; nothing to do")
-            _print_where(out, m)
-            return m
-        print(f"[prep] {out} holds the output of another config or other inputs; rebuilding it", flush=True)
-        _wipe(out)
-    elif storage.exists(storage.join(work, "plan.json")):
-        if storage.read_json(storage.join(work, "plan.json")) != plan:
-            print("[prep] the config or inputs changed since the interrupted run; starting over", flush=True)
-            _wipe(out)
+    target = _target(out, chash, inputs)
+    if target is None:
+        m = storage.read_json(storage.join(out, MANIFEST))
+        print(f"[prep] {out} is already complete for this config and these inputs; nothing to do")
+        _print_where(out, m)
+        return m
+    work = storage.join(target, "_work")
+    if storage.exists(storage.join(work, "plan.json")) and storage.read_json(storage.join(work, "plan.json")) != plan:
+        print("[prep] the config or inputs changed since the interrupted run; starting over", flush=True)
+        _wipe(target)
+    artifacts.mark(target, "prep")
     storage.write_json(storage.join(work, "plan.json"), plan)
 
     stats = _clean_stage(job, files, units, work, workers, cpus)
     bucket_paths = _dedup_stage(job, units, work, workers, cpus)
-    tok_entry, tok_json = _tokenizer_stage(job, units, work, out, stats, workers, cpus)
-    packed = _pack_stage(job, units, work, out, bucket_paths, tok_entry, tok_json, workers, cpus)
-    manifest = _finalize(job, cfg, chash, inputs, stats, packed, tok_entry, units, work, out)
+    tok_entry, tok_json = _tokenizer_stage(job, units, work, target, stats, workers, cpus)
+    packed = _pack_stage(job, units, work, target, bucket_paths, tok_entry, tok_json, workers, cpus)
+    manifest = _finalize(job, cfg, chash, inputs, stats, packed, tok_entry, units, work, target)
     if not job.keep_work:
         storage.delete_dir(work)
+    if target != out:
+        # The new output is complete: only now does it replace the old one (atomically on local disks).
+        storage.publish_dir(target, out)
     print(f"[prep] done in {time.time() - t_start:,.1f}s: {manifest['counts']['documents_kept']:,} documents, "
           f"{manifest['counts']['tokens']:,} tokens, {manifest['counts']['sequences']:,} sequences of {job.seq_len}")
     _print_where(out, manifest)
@@ -111,11 +114,37 @@ def _print_where(out: str, m: dict) -> None:
     print(f"[prep] manifest: {storage.join(out, MANIFEST)}", flush=True)
 
 
+def _storage_root(job: PrepJob) -> str | None:
+    try:
+        return job.cluster_spec().storage.uri
+    except Exception:  # noqa: BLE001 - no spec to protect when none can be loaded
+        return None
+
+
+def _target(out: str, chash: str, inputs: list[dict]) -> str | None:
+    """Where this run builds its output: None if ``out`` already is it, ``out`` itself when it
+    holds no complete output, else a sibling build folder that replaces ``out`` once complete
+    (so a failed or killed rebuild never costs the last good output)."""
+    mpath = storage.join(out, MANIFEST)
+    if not storage.is_file(mpath):
+        return out
+    try:
+        m = artifacts.parse(storage.read_bytes(mpath), mpath)
+    except artifacts.ManifestError:
+        m = {}
+    if m.get("config_hash") == chash and m.get("inputs") == inputs:
+        return None
+    build = artifacts.build_dir(out)
+    print(f"[prep] {out} holds the output of another config or other inputs; building the new one in {build} "
+          "(the old output stays until it is complete)", flush=True)
+    return build
+
+
 def _wipe(out: str) -> None:
     """Removes what a prep run writes (and nothing else the folder may hold)."""
+    storage.delete_file(storage.join(out, MANIFEST))  # first: the folder stops claiming to be complete
     for d in ("_work", "train", "val", "tokenizer"):
         storage.delete_dir(storage.join(out, d))
-    storage.delete_file(storage.join(out, MANIFEST))
 
 
 def _hash_files(paths: list[str]) -> dict[str, str]:
@@ -303,15 +332,14 @@ def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> 
         "tokens_dropped_remainder": sum(remainder.values()),
         "sequences": sum(splits[s]["num_sequences"] for s in SPLITS),
     }
-    manifest = {
-        "kind": "prep", "name": job.name, "config": cfg, "config_hash": chash, "inputs": inputs,
-        "counts": counts_out, "seq_len": seq_len,
-        "tokenizer": {k: tok[k] for k in ("dir", "sha256", "vocab_size", "eos_token_id", "pad_token_id",
-                                          "eos_token", "pad_token", "files")},
-        "splits": splits, "num_units": len(units),
-        "unigram_entropy_nats": round(entropy_nats(counts), 12),
-        "skipped_files": [{"path": p, "error": e} for p, e in sorted(skipped.items())],
-        "versions": versions(),
-    }
+    manifest = artifacts.build(
+        "prep", job.name, chash, inputs, artifacts.describe_files(out, skip=("_work",)), versions(),
+        config=cfg, counts=counts_out, seq_len=seq_len,
+        tokenizer={k: tok[k] for k in ("dir", "sha256", "vocab_size", "eos_token_id", "pad_token_id",
+                                       "eos_token", "pad_token", "files")},
+        splits=splits, num_units=len(units),
+        unigram_entropy_nats=round(entropy_nats(counts), 12),
+        skipped_files=[{"path": p, "error": e} for p, e in sorted(skipped.items())],
+    )
     storage.write_json(storage.join(out, MANIFEST), manifest)
     return manifest

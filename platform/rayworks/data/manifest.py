@@ -1,20 +1,24 @@
-"""The prep output's manifest.json: what training reads, and how reruns know what is done.
+"""The prep output's layout and manifest.json (the common artifact manifest, kind ``prep``).
 
 Layout of a prep output (``{storage}/prep/{name}`` by default)::
 
+    .rayworks                marker: the folder is rayworks's (written first)
     manifest.json            written last: its presence means the output is complete
     tokenizer/               PreTrainedTokenizerFast.save_pretrained output
     train/part-NNNNN.parquet input_ids: fixed_size_list<int32>[seq_len]
     val/part-NNNNN.parquet
 
-Training uses :func:`read_manifest` and :func:`shard_uris`.
+Beside the common core (see :mod:`rayworks.artifacts`; ``outputs`` lists every shard and
+tokenizer file with its sha256 and size) it records ``splits``, ``tokenizer``, ``seq_len``
+and ``counts``. Training reads it through :mod:`rayworks.train.inputs`; these readers
+serve tests and tools.
 """
 
 from __future__ import annotations
 
-from rayworks.data import storage
+from rayworks import artifacts, storage
 
-MANIFEST = "manifest.json"
+MANIFEST = artifacts.MANIFEST
 
 
 def manifest_path(uri: str) -> str:
@@ -28,17 +32,16 @@ def read_manifest(uri: str) -> dict:
     from rayworks.errors import ConfigError
 
     p = manifest_path(uri)
-    if not storage.exists(p):
+    if not storage.is_file(p):
         raise ConfigError(f"no prep manifest at {p}; run the prep job first (rayworks submit jobs/configs/prep.yaml)")
-    m = storage.read_json(p)
-    if m.get("kind") != "prep":
-        raise ConfigError(f"{p} is a {m.get('kind')!r} manifest, not a prep manifest")
+    m = artifacts.parse(storage.read_bytes(p), p)
+    if m["kind"] != "prep":
+        raise ConfigError(f"{p} is a {m['kind']!r} manifest, not a prep manifest")
     return m
 
 
 def output_dir(manifest_uri: str) -> str:
-    p = manifest_path(manifest_uri)
-    return p.rsplit("/", 1)[0]
+    return storage.parent_of(manifest_path(manifest_uri))
 
 
 def shard_uris(manifest_uri: str, split: str) -> list[str]:
@@ -57,11 +60,4 @@ def tokenizer_dir(manifest_uri: str) -> str:
 
 
 def versions() -> dict:
-    import pyarrow
-    import ray
-    import tokenizers
-
-    import rayworks
-
-    return {"ray": ray.__version__, "tokenizers": tokenizers.__version__, "pyarrow": pyarrow.__version__,
-            "rayworks": getattr(rayworks, "__version__", "0.1.0")}
+    return artifacts.versions("tokenizers")

