@@ -1,9 +1,16 @@
-"""Training on the session cluster: ZeRO-2 and ZeRO-3 on 2 CPU workers, a worker killed for real
-mid-run and resumed, resubmission resume, and an export that reloads with the trained logits."""
+"""Training on the session cluster, 2 CPU workers: every ZeRO stage trains, num_epochs counts steps,
+init_from loads weights, a worker killed for real mid-run resumes, a resubmission of the same work
+resumes and of other work is refused, and exports reload with the trained logits.
+
+One ZeRO-2 run (module fixture) is the reference: its checkpoints serve the export and CLI checks,
+its export is the init_from of the ZeRO-1 run, a copy of its output is where ZeRO-0 is refused and
+then started fresh, and the killed run must reproduce it batch for batch.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,12 +18,15 @@ import yaml
 
 from tests.prepfixture import make_prep_output
 
+pytestmark = pytest.mark.integration
+
 NUM_STEPS = 12
 
 
-def train_dict(prep: Path, out: Path, name: str, stage: int = 2, num_steps: int = NUM_STEPS, **env) -> dict:
+def train_dict(prep: Path, out: Path, name: str, stage: int = 2, num_steps: int | None = NUM_STEPS,
+               run: dict | None = None, model: dict | None = None, **env) -> dict:
     d = {"kind": "train", "name": name,
-         "model": {"preset": "tiny"},
+         "model": model or {"preset": "tiny"},
          "data": {"prep_uri": str(prep), "num_val_sequences": 32},
          "deepspeed": {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
                        "gradient_clipping": 1.0,
@@ -25,7 +35,7 @@ def train_dict(prep: Path, out: Path, name: str, stage: int = 2, num_steps: int 
                        "zero_optimization": {"stage": stage}},
          "scaling": {"num_workers": 2},
          "run": {"num_steps": num_steps, "log_every_steps": 4, "eval_every_steps": 6, "checkpoint_every_steps": 4,
-                 "output_uri": str(out), "max_failures": 1}}
+                 "output_uri": str(out), "max_failures": 1, **(run or {})}}
     if env:
         d["runtime_env"] = {"env_vars": env}
     return d
@@ -66,37 +76,87 @@ def test_zero2_trains_and_val_loss_falls(zero2):
     assert m["val_loss"] < m["val_loss_step0"] - 0.3, m
     assert m["resumed_from"] == []
     saved = json.loads((out / "manifest.json").read_text())
-    assert saved["kind"] == "train" and saved["inputs"]["prep"]["sha256"] and saved["config_hash"]
+    assert saved["kind"] == "train" and saved["inputs"][0]["role"] == "prep" and saved["inputs"][0]["sha256"] \
+        and saved["config_hash"]
     ckpts = sorted(p.name for p in (out / "ray_train").glob("checkpoint_0*"))
     assert ckpts == ["checkpoint_00000008", "checkpoint_00000012"]  # keep the newest 2
 
 
-def test_zero3_trains_and_export_has_the_trained_logits(ray_on_cluster, prep, tmp_path):
+def test_export_has_the_trained_logits_and_the_cli_exports_any_checkpoint(zero2, tmp_path):
     import torch
 
     from rayworks.cli import main as cli
 
-    out = tmp_path / "z3"
-    m = run_inprocess(train_dict(prep, out, "z3", stage=3, num_steps=8))
-    assert m["steps"] == 8 and m["val_loss"] < m["val_loss_step0"] - 0.3, m
-    ckpt = out / "ray_train" / "checkpoint_00000008"
-    assert sorted(p.name for p in (ckpt / "ds").glob("zero_pp_rank_*_model_states.pt")) == [
-        "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
-    got, want = probe_logits_of_export(out / "export", ckpt / "probe_logits.pt")
+    out, m = zero2
+    final = out / "ray_train" / "checkpoint_00000012"
+    got, want = probe_logits_of_export(out / "export", final / "probe_logits.pt")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     meta = json.loads((out / "export" / "rayworks_export.json").read_text())
-    assert meta["kind"] == "export" and meta["step"] == 8 and meta["prep_manifest"]["sha256"]
+    assert meta["kind"] == "export" and meta["step"] == NUM_STEPS and meta["prep_manifest"]["sha256"]
     assert meta["val_loss"] == pytest.approx(m["val_loss"])
     tok_cfg = json.loads((out / "export" / "tokenizer_config.json").read_text())
     assert "chat_template" in tok_cfg or (out / "export" / "chat_template.jinja").exists()
 
-    # The same through the CLI, from the middle checkpoint.
-    assert cli(["export", str(out / "ray_train" / "checkpoint_00000004"), str(tmp_path / "exp4")]) == 0
-    got4, _ = probe_logits_of_export(tmp_path / "exp4", ckpt / "probe_logits.pt")
-    assert not torch.allclose(got4, want)  # step 4's weights, not step 8's
-    assert json.loads((tmp_path / "exp4" / "rayworks_export.json").read_text())["step"] == 4
+    # The CLI exports an earlier checkpoint of the same run: step 8's weights, not step 12's.
+    assert cli(["export", str(out / "ray_train" / "checkpoint_00000008"), str(tmp_path / "exp8")]) == 0
+    got8, _ = probe_logits_of_export(tmp_path / "exp8", final / "probe_logits.pt")
+    assert not torch.allclose(got8, want)
+    assert json.loads((tmp_path / "exp8" / "rayworks_export.json").read_text())["step"] == 8
 
 
+def test_zero3_trains_and_its_shards_export(ray_on_cluster, prep, tmp_path):
+    import torch
+
+    out = tmp_path / "z3"
+    m = run_inprocess(train_dict(prep, out, "z3", stage=3, num_steps=6))
+    assert m["steps"] == 6 and m["optimizer_steps"] == 6 and m["val_loss"] < m["val_loss_step0"] - 0.3, m
+    ckpt = out / "ray_train" / "checkpoint_00000006"
+    assert sorted(p.name for p in (ckpt / "ds").glob("zero_pp_rank_*_model_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
+    got, want = probe_logits_of_export(out / "export", ckpt / "probe_logits.pt")  # parameters were partitioned
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero1_continues_from_init_from_weights(ray_on_cluster, prep, zero2, tmp_path):
+    _, ref = zero2
+    out = tmp_path / "z1"
+    m = run_inprocess(train_dict(prep, out, "z1", stage=1, num_steps=6, model={"init_from": str(zero2[0] / "export")},
+                                 run={"export": False, "checkpoint_every_steps": 6}))
+    # Step 0 evaluates the loaded weights: the reference run's final loss, not a random model's.
+    assert m["val_loss_step0"] == pytest.approx(ref["val_loss"], rel=1e-4), (m, ref)
+    assert m["steps"] == 6 and m["optimizer_steps"] == 6
+    assert m["val_loss"] < m["val_loss_step0"], m
+    meta = json.loads((out / "ray_train" / "checkpoint_00000006" / "rayworks_state.json").read_text())
+    assert meta["zero_stage"] == 1
+    assert sorted(p.name for p in (out / "ray_train" / "checkpoint_00000006" / "ds").glob("*optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+
+
+def test_other_work_is_refused_then_zero0_starts_fresh_and_counts_epochs(ray_on_cluster, prep, zero2, tmp_path):
+    from rayworks.errors import ConfigError
+
+    out = tmp_path / "z2copy"
+    shutil.copytree(zero2[0], out)  # the reference run's checkpoints, under the same name
+    epochs = 0.2
+    d = train_dict(prep, out, "z2", stage=0, num_steps=None, run={"num_epochs": epochs})
+    with pytest.raises(ConfigError) as e:
+        run_inprocess(d)
+    assert "checkpoint at step 12" in str(e.value) and "deepspeed.zero_optimization.stage: 2 -> 0" in str(e.value)
+    assert "run.resume: never" in str(e.value)
+
+    d["run"]["resume"] = "never"
+    m = run_inprocess(d)
+    rows = json.loads((prep / "manifest.json").read_text())["splits"]["train"]["num_sequences"]
+    steps = int(epochs * rows) // 16
+    assert steps >= 6 and m["steps"] == m["optimizer_steps"] == steps and m["num_tokens"] == steps * 16 * 64
+    assert m["resumed_from"] == [] and m["val_loss"] < m["val_loss_step0"] - 0.3, m
+    export = json.loads((out / "export" / "rayworks_export.json").read_text())
+    assert export["step"] == steps and export["probe_max_abs_logit_diff"] < 1e-4  # stage 0's module file
+    (kept,) = (out / "superseded").iterdir()  # the refused run's checkpoints are kept, not deleted
+    assert (kept / "ray_train" / "checkpoint_00000012" / "rayworks_state.json").exists()
+
+
+@pytest.mark.timeout(1500)  # two real submissions through the Jobs API, one with a worker restart
 def test_killed_worker_resumes_without_losing_or_repeating_batches(local_cluster, prep, zero2, tmp_path):
     _, ref = zero2
     out = tmp_path / "killed"
@@ -115,7 +175,7 @@ def test_killed_worker_resumes_without_losing_or_repeating_batches(local_cluster
     assert m["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-4)
     assert m["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-4)
 
-    # Submitting the run again with more steps continues from its last checkpoint.
+    # Submitting the same work again with more steps continues from its last checkpoint.
     proc = local_cluster.rayworks("submit", str(cfg), "--cluster", str(local_cluster.spec_path),
                                   "--set", f"run.num_steps={NUM_STEPS + 4}", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

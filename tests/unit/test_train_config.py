@@ -144,10 +144,66 @@ def test_cli_validate_exits_2_with_the_numbers(tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump(job_dict(prep, deepspeed={"train_batch_size": 20})))
     proc = subprocess.run([sys.executable, "-m", "rayworks.cli", "validate", str(cfg)], capture_output=True,
-                          text=True, cwd=REPO)
+                          text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "train_batch_size (20)" in proc.stderr and "= 16" in proc.stderr
     cfg.write_text(yaml.safe_dump(job_dict(prep)))
     proc = subprocess.run([sys.executable, "-m", "rayworks.cli", "validate", str(cfg)], capture_output=True,
-                          text=True, cwd=REPO)
+                          text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("key,value,path", [
+    ("train_batch_size", "16", "deepspeed.train_batch_size"),
+    ("train_micro_batch_size_per_gpu", True, "deepspeed.train_micro_batch_size_per_gpu"),
+    ("gradient_clipping", "1.0", "deepspeed.gradient_clipping"),
+    ("optimizer", {"type": "AdamW", "params": {"lr": "3e-3"}}, "deepspeed.optimizer.params.lr"),
+    ("optimizer", {"type": "SGD"}, "deepspeed.optimizer"),
+    ("optimizer", "AdamW", "deepspeed.optimizer"),
+    ("zero_optimization", {"stage": True}, "deepspeed.zero_optimization.stage"),
+    ("zero_optimization", {"stage": "2"}, "deepspeed.zero_optimization.stage"),
+    ("zero_optimization", {"stage": 2, "offload_optimizer": {"device": "gpu"}},
+     "deepspeed.zero_optimization.offload_optimizer.device"),
+    ("bf16", {"enabled": "yes"}, "deepspeed.bf16.enabled"),
+    ("scheduler", {"type": "WarmupLR", "params": {"warmup_num_steps": "auto"}}, "deepspeed.scheduler"),
+])
+def test_wrongly_typed_deepspeed_keys_name_their_path(tmp_path, key, value, path):
+    d = job_dict(tmp_path, deepspeed={key: value})
+    with pytest.raises(ConfigError) as e:
+        load(d)
+    assert f"{path}: " in str(e.value), str(e.value)
+    with pytest.raises(ConfigError) as e:  # the same check when called directly
+        resolve_deepspeed(d["deepspeed"], 2, False, 10)
+    assert f"{path}: " in str(e.value), str(e.value)
+
+
+def test_cli_validate_wrong_deepspeed_type_is_one_line_exit_2(tmp_path):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump(job_dict(write_manifest(tmp_path / "prep"),
+                                           deepspeed={"optimizer": {"type": "AdamW", "params": {"lr": "fast"}}})))
+    proc = subprocess.run([sys.executable, "-m", "rayworks.cli", "validate", str(cfg)], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "deepspeed.optimizer.params.lr" in proc.stderr and "'fast'" in proc.stderr
+
+
+def test_untyped_deepspeed_keys_pass_through_verbatim():
+    written = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+               "optimizer": {"type": "adamw", "params": {"lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8}},
+               "zero_optimization": {"stage": 3, "stage3_max_live_parameters": 1000, "overlap_comm": False},
+               "communication_data_type": "fp32", "activation_checkpointing": {"partition_activations": True}}
+    job = load(job_dict(Path("/x"), deepspeed=written))
+    assert job.model_dump(mode="json")["deepspeed"] == written  # the config as written, no defaults added
+    ds = resolve_deepspeed(written, 2, False, 10)
+    assert ds["zero_optimization"] == written["zero_optimization"]
+    assert ds["communication_data_type"] == "fp32" and ds["activation_checkpointing"] == {"partition_activations": True}
+    assert ds["optimizer"]["params"] == {"lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "torch_adam": True}
+
+
+def test_run_resume_accepts_auto_and_never_only(tmp_path):
+    assert load(job_dict(tmp_path)).run.resume == "auto"
+    assert load(job_dict(tmp_path, run={"num_steps": 10, "resume": "never"})).run.resume == "never"
+    with pytest.raises(ConfigError, match="run.resume"):
+        load(job_dict(tmp_path, run={"num_steps": 10, "resume": "always"}))
+

@@ -14,28 +14,27 @@ Example (jobs/configs/train.yaml)::
     run: {num_steps: 50}
 
 The ``deepspeed`` section is DeepSpeed's own JSON config, as users already write it.
-:func:`resolve_deepspeed` checks it and fills what DeepSpeed leaves to the caller
+Its keys that rayworks reads are typed (rayworks.config.deepspeed);
+:func:`resolve_deepspeed` fills what DeepSpeed leaves to the caller
 (``"auto"`` values, the missing one of the three batch numbers, precision and Adam
 flavour for CPU or GPU workers); the preflight and every worker use the same result.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from rayworks.config.base import StrictModel
+from rayworks.config.deepspeed import DeepSpeedConfig, resolve_deepspeed
 from rayworks.config.jobs import Bundle, JobBase
 from rayworks.errors import ConfigError
 
 if TYPE_CHECKING:
     from rayworks.config.cluster import ClusterSpec
 
-PRESETS = ("tiny", "125m", "1b", "7b")
-OPTIMIZERS = {"adam", "adamw"}
-SCHEDULERS = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"}
+__all__ = ["DataSpec", "ModelSpec", "RunSpec", "ScalingSpec", "TrainJob", "resolve_deepspeed"]
 
 
 class ModelSpec(StrictModel):
@@ -132,6 +131,11 @@ class RunSpec(StrictModel):
     export: bool = Field(True, description="Export the final checkpoint to a Hugging Face directory.")
     export_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Weights dtype of the export; auto: bfloat16 if trained in bf16, else float32.")
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="auto: continue from this run's latest checkpoint if it is the same work (same model, "
+                            "deepspeed, data order, workers and prep data; steps, logging and export may change), "
+                            "and refuse otherwise; never: start at step 0, moving earlier checkpoints aside to "
+                            "{output}/superseded/<UTC time>/ (nothing is deleted).")
 
     @model_validator(mode="after")
     def _check(self) -> "RunSpec":
@@ -140,8 +144,8 @@ class RunSpec(StrictModel):
         return self
 
 
-def default_deepspeed() -> dict[str, Any]:
-    return {
+def default_deepspeed() -> DeepSpeedConfig:
+    return DeepSpeedConfig.model_validate({
         "train_micro_batch_size_per_gpu": 4,
         "gradient_accumulation_steps": 1,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.0}},
@@ -150,7 +154,7 @@ def default_deepspeed() -> dict[str, Any]:
         "gradient_clipping": 1.0,
         "zero_optimization": {"stage": 2},
         "bf16": {"enabled": "auto"},
-    }
+    })
 
 
 class TrainJob(JobBase):
@@ -159,9 +163,10 @@ class TrainJob(JobBase):
     kind: Literal["train"] = Field(..., description="Always 'train'.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Model shape or initial weights.")
     data: DataSpec = Field(..., description="Prep output to train on.")
-    deepspeed: dict[str, Any] = Field(default_factory=default_deepspeed,
-                                      description="DeepSpeed config in DeepSpeed's own JSON format (batch sizes, "
-                                                  "optimizer, scheduler, bf16/fp16, zero_optimization, ...).")
+    deepspeed: DeepSpeedConfig = Field(default_factory=default_deepspeed,
+                                       description="DeepSpeed config in DeepSpeed's own JSON format (batch sizes, "
+                                                   "optimizer, scheduler, bf16/fp16, zero_optimization, ...); "
+                                                   "the keys rayworks reads are typed, the rest passes through.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers and their resources.")
     run: RunSpec = Field(..., description="Steps, logging, evaluation, checkpoints, output.")
 
@@ -182,8 +187,8 @@ class TrainJob(JobBase):
         return bundles
 
     def preflight(self, spec: "ClusterSpec") -> None:
+        # The prep output it reads is checked by rayworks.train.preflight (KINDS["train"]).
         self.check_custom_resources(spec)
-        self.check_inputs()
 
     def check_custom_resources(self, spec: "ClusterSpec") -> None:
         """Custom per-worker resources must exist on some node type of the spec."""
@@ -192,12 +197,6 @@ class TrainJob(JobBase):
                 raise ConfigError(f"scaling.resources_per_worker.{name}={amount:g}: no node type in spec "
                                   f"{spec.name!r} offers that much {name!r}; add it to a node's `resources` "
                                   "or remove it")
-
-    def check_inputs(self) -> None:
-        """Reads the prep manifest: vocabulary, splits and sequence length must fit the model."""
-        from rayworks.train.inputs import check_job_inputs
-
-        check_job_inputs(self)
 
     def output_uri(self, spec: "ClusterSpec | None" = None) -> str:
         """Where this run writes: run.output_uri or {storage}/train/{name}."""
@@ -208,122 +207,3 @@ class TrainJob(JobBase):
 
     def resolved_deepspeed(self, num_steps: int) -> dict[str, Any]:
         return resolve_deepspeed(self.deepspeed, self.scaling.num_workers, self.scaling.use_gpu, num_steps)
-
-
-def _num(v) -> int | None:
-    return None if v is None or v == "auto" else v
-
-
-def resolve_deepspeed(ds: dict[str, Any], num_workers: int, use_gpu: bool, num_steps: int) -> dict[str, Any]:
-    """Checks a DeepSpeed config and fills what depends on the workers.
-
-    Args:
-        ds: DeepSpeed's JSON config as the user wrote it.
-        num_workers: training workers (DeepSpeed's data-parallel world size).
-        use_gpu: GPU workers (bf16, fused Adam) or CPU workers (fp32, torch Adam).
-        num_steps: total optimizer steps (fills "auto" total_num_steps of decaying schedules).
-
-    Returns:
-        A new dict ready for ``deepspeed.initialize(config=...)``.
-
-    Raises:
-        ConfigError: naming the key and the numbers that disagree.
-    """
-    ds = copy.deepcopy(ds)
-    t, m, a = (_num(ds.get(k)) for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
-                                          "gradient_accumulation_steps"))
-    for key, v in (("train_batch_size", t), ("train_micro_batch_size_per_gpu", m), ("gradient_accumulation_steps", a)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"deepspeed.{key}: must be a positive integer or \"auto\" (got {v!r})")
-    w = num_workers
-    if t is not None and m is not None and a is not None:
-        if t != m * a * w:
-            raise ConfigError(
-                f"deepspeed.train_batch_size ({t}) must equal train_micro_batch_size_per_gpu ({m}) x "
-                f"gradient_accumulation_steps ({a}) x scaling.num_workers ({w}) = {m * a * w}; "
-                f"fix one of the four")
-    elif t is not None and m is not None:
-        if t % (m * w):
-            raise ConfigError(f"deepspeed.train_batch_size ({t}) is not a multiple of train_micro_batch_size_per_gpu "
-                              f"({m}) x scaling.num_workers ({w}) = {m * w}; no whole gradient_accumulation_steps fits")
-        a = t // (m * w)
-    elif t is not None and a is not None:
-        if t % (a * w):
-            raise ConfigError(f"deepspeed.train_batch_size ({t}) is not a multiple of gradient_accumulation_steps "
-                              f"({a}) x scaling.num_workers ({w}) = {a * w}; no whole micro batch fits")
-        m = t // (a * w)
-    elif m is not None:
-        a = a or 1
-        t = m * a * w
-    elif t is not None:
-        if t % w:
-            raise ConfigError(f"deepspeed.train_batch_size ({t}) is not a multiple of scaling.num_workers ({w})")
-        a, m = 1, t // w
-    else:
-        raise ConfigError("deepspeed: give train_batch_size or train_micro_batch_size_per_gpu")
-    ds.update(train_batch_size=t, train_micro_batch_size_per_gpu=m, gradient_accumulation_steps=a)
-
-    for key in ("bf16", "fp16"):
-        sec = ds.get(key)
-        if sec is None:
-            continue
-        if not isinstance(sec, dict):
-            raise ConfigError(f"deepspeed.{key}: expected a mapping like {{enabled: auto}} (got {sec!r})")
-        if sec.get("enabled") == "auto":
-            sec["enabled"] = use_gpu and key == "bf16"
-        if sec.get("enabled") and not use_gpu:
-            raise ConfigError(f"deepspeed.{key}.enabled: true on CPU workers; the CPU path trains in fp32. "
-                              f"Set deepspeed.{key}.enabled: auto (bf16 on GPU, fp32 on CPU) or false")
-    if (ds.get("bf16") or {}).get("enabled") and (ds.get("fp16") or {}).get("enabled"):
-        raise ConfigError("deepspeed: bf16 and fp16 are both enabled; enable one")
-
-    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {"lr": 1e-3}})
-    if str(opt.get("type", "")).lower() not in OPTIMIZERS:
-        raise ConfigError(f"deepspeed.optimizer.type: {opt.get('type')!r} is not supported; use Adam or AdamW")
-    params = opt.setdefault("params", {})
-    if not isinstance(params.get("lr", 1e-3), (int, float)):
-        raise ConfigError(f"deepspeed.optimizer.params.lr: expected a number (got {params.get('lr')!r})")
-    if params.get("torch_adam", "auto") == "auto":
-        # DeepSpeed's fused Adam is a CUDA kernel; CPU workers use torch's Adam (STACK.md pitfall 4).
-        params["torch_adam"] = not use_gpu
-    if not use_gpu and params["torch_adam"] is False:
-        raise ConfigError("deepspeed.optimizer.params.torch_adam: false needs GPU workers (fused Adam); "
-                          "use auto or true on CPU")
-
-    sched = ds.get("scheduler")
-    if sched is not None:
-        if sched.get("type") not in SCHEDULERS:
-            raise ConfigError(f"deepspeed.scheduler.type: {sched.get('type')!r} is not a DeepSpeed scheduler; "
-                              f"use one of {sorted(SCHEDULERS)}")
-        sp = sched.setdefault("params", {})
-        for k, v in list(sp.items()):
-            if v == "auto":
-                if k == "total_num_steps":
-                    sp[k] = num_steps
-                elif k in ("warmup_max_lr", "cos_max_lr"):
-                    sp[k] = params.get("lr", 1e-3)
-                else:
-                    raise ConfigError(f"deepspeed.scheduler.params.{k}: \"auto\" is only understood for "
-                                      "total_num_steps and warmup_max_lr; give a number")
-        if sched["type"] in ("WarmupDecayLR", "WarmupCosineLR") and "total_num_steps" not in sp:
-            sp["total_num_steps"] = num_steps
-
-    zero = ds.setdefault("zero_optimization", {"stage": 0})
-    stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"deepspeed.zero_optimization.stage: {stage!r}; use 0, 1, 2 or 3")
-    for key, min_stage in (("offload_optimizer", 1), ("offload_param", 3)):
-        off = zero.get(key)
-        if not off or off.get("device", "none") == "none":
-            continue
-        if off.get("device") not in ("cpu", "nvme"):
-            raise ConfigError(f"deepspeed.zero_optimization.{key}.device: {off.get('device')!r}; use cpu, nvme or none")
-        if stage < min_stage:
-            raise ConfigError(f"deepspeed.zero_optimization.{key} needs stage >= {min_stage} (stage is {stage})")
-        if not use_gpu:
-            raise ConfigError(f"deepspeed.zero_optimization.{key}: CPU workers already keep this state in memory; "
-                              "remove the offload or use GPU workers")
-    # DeepSpeed prints its own progress every steps_per_print; rayworks reports on its own schedule.
-    ds.setdefault("steps_per_print", 10**9)
-    ds.setdefault("wall_clock_breakdown", False)
-    return ds

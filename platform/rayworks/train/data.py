@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from rayworks.train import storage
+from rayworks import storage
 
 PROGRESS_FILE = "progress.json"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rayworks.errors import ConfigError
-from rayworks.train import storage
+from rayworks import storage
 
 if TYPE_CHECKING:
     from rayworks.config.train import TrainJob

@@ -9,8 +9,9 @@ Output layout under ``{storage}/train/{name}`` (or ``run.output_uri``)::
     manifest.json          kind: train, config_hash, inputs, losses, steps, export
 
 Submitting the same run again resumes from its latest checkpoint (Ray Train finds
-the snapshot under ray_train/); a worker that dies is restarted from the latest
-checkpoint up to run.max_failures times.
+the snapshot under ray_train/) when it is the same work, and refuses otherwise
+(``run.resume``, rayworks.train.resume); a worker that dies is restarted from the
+latest checkpoint up to run.max_failures times.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import time
 
 from rayworks.config.base import config_hash
 from rayworks.config.train import TrainJob
-from rayworks.train import storage
-from rayworks.train.data import PROGRESS_FILE, SplitIndex, TrainPlan, val_dataset
+from rayworks import artifacts, storage
+from rayworks.train.data import SplitIndex, TrainPlan, val_dataset
 from rayworks.train.inputs import PrepInfo, check_job_inputs, num_steps
+from rayworks.train.loop import LoopConfig, PrepRef
+from rayworks.train.resume import RUN_DIR, prepare_output, work_identity
 
-RUN_DIR = "ray_train"
 
-
-def loop_config(job: TrainJob, prep: PrepInfo, out: str, steps: int) -> dict:
-    """The plain dict every worker's loop receives."""
+def loop_config(job: TrainJob, prep: PrepInfo, out: str, steps: int) -> LoopConfig:
+    """The typed config every worker's loop receives."""
     from rayworks.train.model import llama_config_dict
 
     m = job.model
@@ -40,19 +41,16 @@ def loop_config(job: TrainJob, prep: PrepInfo, out: str, steps: int) -> dict:
         val_rows = prep.splits[job.data.val_split].num_rows
         if job.data.num_val_sequences:
             val_rows = min(val_rows, job.data.num_val_sequences)
-    return {
-        "run_name": job.name, "use_gpu": job.scaling.use_gpu, "deepspeed": job.resolved_deepspeed(steps),
-        "model_config": model_cfg, "init_from": m.init_from, "seed": m.seed,
-        "attn_implementation": m.attn_implementation, "gradient_checkpointing": m.gradient_checkpointing,
-        "seq_len": prep.seq_len, "num_steps": steps, "log_every": job.run.log_every_steps,
-        "eval_every": job.run.eval_every_steps, "checkpoint_every": job.run.checkpoint_every_steps,
-        "output_uri": out, "ray_run_dir": storage.join(out, RUN_DIR),
-        "has_val": val_rows >= job.scaling.num_workers,
-        "peak_flops_per_device": job.scaling.peak_flops_per_device,
-        "prep": {"uri": prep.uri, "manifest_path": prep.manifest_path, "manifest_sha256": prep.manifest_sha256,
-                 "tokenizer_dir": prep.tokenizer_dir},
-        "config_hash": config_hash(job), "train_config": job.model_dump(mode="json"),
-    }
+    return LoopConfig(
+        run_name=job.name, output_uri=out, ray_run_dir=storage.join(out, RUN_DIR), use_gpu=job.scaling.use_gpu,
+        deepspeed=job.resolved_deepspeed(steps), model_config=model_cfg, init_from=m.init_from, seed=m.seed,
+        attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing,
+        seq_len=prep.seq_len, num_steps=steps, log_every=job.run.log_every_steps,
+        eval_every=job.run.eval_every_steps, checkpoint_every=job.run.checkpoint_every_steps,
+        has_val=val_rows >= job.scaling.num_workers, peak_flops_per_device=job.scaling.peak_flops_per_device,
+        prep=PrepRef(uri=prep.uri, manifest_path=prep.manifest_path, manifest_sha256=prep.manifest_sha256,
+                     tokenizer_dir=prep.tokenizer_dir),
+        config_hash=config_hash(job), work=work_identity(job), train_config=job.model_dump(mode="json"))
 
 
 def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int):
@@ -68,16 +66,15 @@ def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int):
     # Per-rank datasets would print one progress bar each; the loop reports progress itself.
     DataContext.get_current().enable_progress_bars = False
     cfg = loop_config(job, prep, out, steps)
-    ds = cfg["deepspeed"]
     split = prep.splits[job.data.train_split]
     plan = TrainPlan(index=SplitIndex(tuple(split.shards), tuple(split.rows), prep.seq_len),
-                     num_workers=job.scaling.num_workers, micro_batch=ds["train_micro_batch_size_per_gpu"],
-                     grad_accum=ds["gradient_accumulation_steps"], num_steps=steps, seed=job.data.seed,
+                     num_workers=job.scaling.num_workers, micro_batch=cfg.micro_batch,
+                     grad_accum=cfg.grad_accum, num_steps=steps, seed=job.data.seed,
                      shuffle=job.data.shuffle, output_uri=out, checkpoint_every=job.run.checkpoint_every_steps)
     # Callables: Ray Train calls them each time it (re)starts the worker group, so a restart's
     # datasets begin at the last checkpoint (rayworks.train.data explains the order).
     datasets = {f"train_{r}": functools.partial(plan.rank_dataset, r) for r in range(job.scaling.num_workers)}
-    if cfg["has_val"]:
+    if cfg.has_val:
         vs = prep.splits[job.data.val_split]
         vindex = SplitIndex(tuple(vs.shards), tuple(vs.rows), prep.seq_len)
         for r in range(job.scaling.num_workers):
@@ -88,8 +85,8 @@ def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int):
     if s.use_gpu:
         resources["GPU"] = s.num_gpus_per_worker
     return TorchTrainer(
-        train_loop,
-        train_loop_config=cfg,
+        # The typed config is bound here (Ray Train's train_loop_config takes only a plain dict).
+        functools.partial(train_loop, cfg),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
                                      accelerator_type=s.accelerator_type),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
@@ -112,10 +109,9 @@ def run(job: TrainJob) -> dict:
     prep = check_job_inputs(job)
     out = job.output_uri(spec)
     steps = num_steps(job, prep)
-    if not storage.exists(storage.join(out, RUN_DIR, "checkpoint_manager_snapshot.json")):
-        # A fresh run: a stale progress file must not move the data start.
-        if storage.exists(storage.join(out, PROGRESS_FILE)):
-            storage.write_json(storage.join(out, PROGRESS_FILE), {"checkpoint_step": 0})
+    artifacts.verify_before_use(prep.uri, storage.join(out, "inputs_verified.json"), "data.prep_uri")
+    # Before any cluster work: a run resumes only checkpoints of the same work (rayworks.train.resume).
+    start = prepare_output(job, work_identity(job), prep.manifest_sha256, out)
     need = job.scaling.num_workers * job.scaling.num_cpus_per_worker
     ensure_ray(need)
     warn_if_no_room(need, f"{job.scaling.num_workers} training workers")
@@ -123,7 +119,7 @@ def run(job: TrainJob) -> dict:
     print(f"[rayworks] train {job.name!r}: {steps} steps x {ds['train_batch_size']} sequences x {prep.seq_len} "
           f"tokens, {job.scaling.num_workers} {'GPU' if job.scaling.use_gpu else 'CPU'} workers, ZeRO stage "
           f"{ds['zero_optimization'].get('stage', 0)}")
-    print(f"[rayworks]   output: {out}")
+    print(f"[rayworks]   output: {out} ({start})")
     try:
         print(f"[rayworks]   dashboard: {ray.get_runtime_context().gcs_address} (Ray dashboard 'Train' tab)")
     except Exception:  # noqa: BLE001 - informational only
@@ -142,15 +138,21 @@ def run(job: TrainJob) -> dict:
     if job.run.export:
         export = _export_remote(ckpt_uri, export_dir, job.run.export_dtype)
         print(f"[rayworks]   export: {export_dir} (probe logit diff {export.get('probe_max_abs_logit_diff')})")
+    ck_rel = ckpt_uri[len(out.rstrip("/")) + 1:] if ckpt_uri.startswith(out.rstrip("/") + "/") else None
+    outputs = [{**f, "path": f"{ck_rel}/{f['path']}"} for f in artifacts.describe_files(ckpt_uri)] if ck_rel else []
+    if export:
+        outputs.append(artifacts.file_entry(out, "export/" + artifacts.MANIFEST))
     manifest = {
         "kind": "train", "name": job.name, "config": job.model_dump(mode="json"), "config_hash": config_hash(job),
-        "inputs": {"prep": {"path": prep.manifest_path, "sha256": prep.manifest_sha256}},
-        "steps": meta["step"], "optimizer_steps": meta["optimizer_steps"], "num_tokens": meta["num_tokens"],
+        "inputs": [{"role": "prep", "path": prep.manifest_path, "sha256": prep.manifest_sha256}],
+        "outputs": outputs, "steps": meta["step"], "optimizer_steps": meta["optimizer_steps"],
+        "num_tokens": meta["num_tokens"],
         "train_loss": meta["train_loss"], "val_loss": meta["val_loss"], "val_loss_step0": meta["val_loss_step0"],
         "data_digest": meta["data_digest"], "resumed_from": meta["resumed_from"],
         "checkpoint": ckpt_uri,
         "export": export_dir if export else None, "train_seconds": round(time.time() - t0, 1),
-        "versions": _versions(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": artifacts.versions("torch", "deepspeed", "transformers"),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     storage.write_json(storage.join(out, "manifest.json"), manifest)
     print(f"[rayworks] done: step {meta['step']}, train loss {meta['train_loss']:.4f}"
@@ -175,17 +177,3 @@ def _export_remote(ckpt: str, out: str, dtype: str) -> dict:
     task = ray.remote(num_cpus=1)(export_checkpoint)
     return ray.get(task.options(runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}}).remote(ckpt, out, None, dtype))
 
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    vs = {}
-    for p in ("ray", "torch", "deepspeed", "transformers"):
-        try:
-            vs[p] = version(p)
-        except PackageNotFoundError:
-            pass
-    import rayworks
-
-    vs["rayworks"] = rayworks.__version__
-    return vs
