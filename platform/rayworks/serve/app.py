@@ -5,7 +5,8 @@ KubeRay's RayService): ``args`` is what :func:`rayworks.serve.render.app_args` m
 from a serve job. It reuses Ray's own pieces, the LLM deployments
 (`build_llm_deployment`), model cards and the OpenAI ingress class with its FastAPI
 app and middleware, and adds one ASGI middleware, :class:`rayworks.serve.gate.Gate`,
-as the outermost layer of that app (auth before anything else runs).
+as the outermost layer of that app (auth before anything else runs). Ray's private
+pieces are reached only through :mod:`rayworks.serve.rayllm`.
 
 With ``direct_streaming`` (one model, HA proxy on), Ray serves vLLM's own HTTP app
 from the engine replica; :class:`GatedLLMServer` adds the same gate to that app.
@@ -35,13 +36,13 @@ class GatedLLMServer(LLMServer):
     """
 
     async def __serve_build_asgi_app__(self):
-        from ray.llm._internal.serve.core.server.llm_server import _add_middleware_to_built_app
         from starlette.routing import Route
 
+        from rayworks.serve import rayllm
         from rayworks.serve.gate import Gate
 
         app = await super().__serve_build_asgi_app__()
-        gate = self._llm_config.experimental_configs.get(GATE_KEY) or {}
+        gate = rayllm.llm_config_of(self).experimental_configs.get(GATE_KEY) or {}
         models = sorted(gate.get("models") or [])
 
         async def health(request):
@@ -55,17 +56,27 @@ class GatedLLMServer(LLMServer):
 
         # vLLM's app has its own /health (empty body); ours goes first so both paths answer alike.
         app.router.routes.insert(0, Route("/health", health, methods=["GET"]))
-        _add_middleware_to_built_app(app, Gate, **gate)
+        # Outermost: every route vLLM registered (and any it adds later) is behind the key.
+        rayllm.add_middleware_to_built_app(app, Gate, **gate)
         return app
 
 
-def _ingress_app(gate_kwargs: dict):
-    """Ray's OpenAI FastAPI app (its middleware, metrics) with the gate outermost and /health."""
-    from ray.llm._internal.serve.core.ingress.ingress import init
+def gated_llm_config(cfg, gate_kwargs: dict):
+    """Direct streaming: the LLMConfig whose replicas run :class:`GatedLLMServer` with these gate settings."""
+    cfg.server_cls = GatedLLMServer
+    cfg.experimental_configs = {**cfg.experimental_configs, GATE_KEY: gate_kwargs}
+    return cfg
 
+
+def ingress_app(gate_kwargs: dict):
+    """Ray's OpenAI FastAPI app (its middleware, metrics) with the gate outermost and /health.
+
+    Ray's OpenAI routes are registered on it by :func:`rayworks.serve.rayllm.ingress_class`.
+    """
+    from rayworks.serve import rayllm
     from rayworks.serve.gate import Gate
 
-    app = init()
+    app = rayllm.ingress_fastapi_app()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -87,41 +98,22 @@ def build_app(args: dict):
     Returns:
         The bound Serve application.
     """
-    from ray import serve
-    from ray.llm._internal.common.dict_utils import maybe_apply_llm_deployment_config_defaults
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, make_fastapi_ingress
-    from ray.serve.llm import LLMConfig, build_llm_deployment
+    from ray.serve.llm import LLMConfig
+
+    from rayworks.serve import rayllm
 
     gate = _gate_kwargs(args)
     configs = [LLMConfig.model_validate(c) for c in args["llm_configs"]]
     if args.get("direct_streaming"):
-        from ray.llm._internal.serve import constants
-
         # Ray Serve LLM reads the flag when it is imported: the env var alone is not enough.
-        if not constants.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING:
+        if not rayllm.direct_streaming_enabled():
             raise RuntimeError("direct_streaming needs RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 in the environment "
                                "before Ray Serve LLM is imported where the app is built")
-        from ray.llm._internal.serve.core.ingress.builder import (
-            _build_direct_streaming_llm_deployment, _build_openai_ingress_request_router)
-
-        cfg = configs[0]
-        cfg.server_cls = GatedLLMServer
-        cfg.experimental_configs = {**cfg.experimental_configs, GATE_KEY: gate}
-        # What build_openai_app does for direct streaming, with our own router options below.
-        app = _build_direct_streaming_llm_deployment(cfg)  # the engine deployment is the ingress
+        cfg = gated_llm_config(configs[0], gate)
         # Ray's router (HAProxy asks it which replica) is redeployed with every update; by default
         # its old replica stops before the new one runs, and HAProxy answers 503 in between. Give it
         # the engine's surge, so a rollout drops nothing.
-        router = _build_openai_ingress_request_router(server=app, llm_config=cfg)
-        router._bound_deployment = router._bound_deployment.options(
-            max_surge_percent=cfg.deployment_config["max_surge_percent"],
-            graceful_shutdown_timeout_s=cfg.deployment_config["graceful_shutdown_timeout_s"])
-        return app._with_ingress_request_router(router)
-
-    deployments = {c.model_id: build_llm_deployment(c) for c in configs}
-    cards = {c.model_id: to_model_metadata(c.model_id, c) for c in configs}
-    options = maybe_apply_llm_deployment_config_defaults(
-        OpenAiIngress.get_deployment_options(configs), dict(args.get("ingress") or {}))
-    ingress_cls = make_fastapi_ingress(OpenAiIngress, app=_ingress_app(gate))
-    return serve.deployment(ingress_cls, **options).bind(llm_deployments=deployments, model_cards=cards)
+        return rayllm.direct_streaming_deployment(cfg, {
+            "max_surge_percent": cfg.deployment_config["max_surge_percent"],
+            "graceful_shutdown_timeout_s": cfg.deployment_config["graceful_shutdown_timeout_s"]})
+    return rayllm.ingress_deployment(configs, ingress_app(gate), args.get("ingress") or {})

@@ -36,9 +36,15 @@ def cmd_render(a) -> int:
         doc = rayservice(spec, job.serve_app_name, cfg)
     else:
         doc = cfg
+    where = f"env var {job.auth.api_keys_env}" if job.auth.api_keys_env else job.auth.api_keys_file or "nowhere"
+    if a.target == "kuberay" and job.auth.api_keys_file:
+        from rayworks.cluster.kuberay import SERVE_KEYS_DIR, SERVE_KEYS_KEY, serve_keys_secret
+
+        where = (f"the Secret {serve_keys_secret(spec)} (key {SERVE_KEYS_KEY}) mounted at {SERVE_KEYS_DIR}; create "
+                 f"it with kubectl -n {spec.provider.namespace} create secret generic {serve_keys_secret(spec)} "
+                 f"--from-file={SERVE_KEYS_KEY}=<your key file>")
     head = (f"# rendered by `rayworks serve render {a.job} --target {a.target}`; API keys are read from "
-            f"{'env var ' + job.auth.api_keys_env if job.auth.api_keys_env else job.auth.api_keys_file or 'nowhere'}"
-            " on the cluster, never stored here\n")
+            f"{where} on the cluster, never stored here\n")
     text = head + yaml.safe_dump(doc, sort_keys=False)
     if a.out:
         Path(a.out).write_text(text)
@@ -57,7 +63,10 @@ def cmd_keygen(a) -> int:
         print(f"{p} exists; keeping it (--force makes a new key)")
         return 0
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_NOFOLLOW: never write a key through a symlink someone planted at that path.
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only to a new file; --force may replace a 0644 one
+    os.ftruncate(fd, 0)   # only after the chmod: the new key is never in a file others can read
     with os.fdopen(fd, "w") as f:
         f.write(f"rw-{secrets.token_urlsafe(32)}\n")
     print(f"wrote a new API key to {p} (mode 0600); clients send it as 'Authorization: Bearer <key>'")

@@ -1,10 +1,15 @@
-"""The gate in front of the OpenAI API: bearer-key auth and request validation.
+"""The gate in front of the OpenAI API: deny by default, bearer-key auth, request validation.
 
 A pure ASGI middleware, so the same code guards Ray Serve LLM's OpenAI ingress and,
 with direct streaming, vLLM's own app inside the engine replica. It runs before any
-routing: a request without a valid key gets 401 and never reaches an engine; a
-malformed or out-of-range request gets a 4xx with a message naming the field (vLLM
-and Ray would otherwise answer some of these with 422 or 500, or queue them).
+routing and denies by default: every HTTP and websocket request on every path needs a
+valid key, except the paths in :data:`OPEN_PATHS` (``GET``/``HEAD /health``). A request
+without a valid key gets 401 and never reaches a handler (vLLM's app alone has
+``/invocations``, ``/tokenize``, ``/scale_elastic_ep``, ``/metrics``, ``/docs``, ...; a
+route a future vLLM adds is closed too). A malformed or out-of-range completions/chat
+request gets a 4xx with a message naming the field (vLLM and Ray would otherwise answer
+some of these with 422 or 500, or queue them). ``GET /v1/models`` answers with each
+model's ``root`` set to its id: vLLM would put the server's model path there.
 
 Keys come from an environment variable (comma-separated) or a file (one per line),
 read inside the replica, or as sha256 digests the serve job computed from its own
@@ -21,7 +26,12 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-GUARDED_PREFIX = "/v1"
+# The only requests answered without a key: liveness probes (load balancers, KubeRay, `rayworks
+# serve status`) cannot carry one, and /health tells nothing but "ok" and the model ids.
+# README's "Security defaults" lists exactly these; tests/unit/test_serve_routes.py checks both.
+OPEN_PATHS: frozenset[str] = frozenset({"/health"})
+OPEN_METHODS: frozenset[str] = frozenset({"GET", "HEAD"})
+MODELS_PATH = "/v1/models"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 # Ranges of OpenAI's API reference (vLLM extensions where OpenAI has none).
@@ -163,8 +173,33 @@ def validate(endpoint: str, data: Any, models: dict[str, int]) -> None:
         raise RequestError(400, f"'stream' must be true or false, got {data['stream']!r}", "stream")
 
 
+def is_open(scope_type: str, method: str | None, path: str) -> bool:
+    """Whether a request may pass without a key: only GET/HEAD on an OPEN_PATHS path (exact)."""
+    return scope_type == "http" and method in OPEN_METHODS and path in OPEN_PATHS
+
+
+def scrub_models(body: bytes) -> bytes:
+    """A /v1/models (or /v1/models/{id}) JSON body with each card's ``root`` set to its id.
+
+    vLLM reports the path it loaded the model from (a server-side absolute path, or a
+    LoRA adapter's) as ``root``; clients need only the id. Anything not a model card or
+    list is returned unchanged (e.g. an error body).
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    cards = data.get("data") if isinstance(data, dict) and data.get("object") == "list" else [data]
+    changed = False
+    for c in cards if isinstance(cards, list) else []:
+        if isinstance(c, dict) and "root" in c and "id" in c and c["root"] != c["id"]:
+            c["root"] = c["id"]
+            changed = True
+    return json.dumps(data).encode() if changed else body
+
+
 class Gate:
-    """ASGI middleware: auth on every /v1 request, validation on completions and chat."""
+    """ASGI middleware: auth on every request but OPEN_PATHS, validation on completions and chat."""
 
     def __init__(self, app, *, api_keys_env: str | None = None, api_keys_file: str | None = None,
                  api_key_sha256: list[str] | None = None, models: dict[str, int] | None = None,
@@ -196,23 +231,50 @@ class Gate:
                                 (b"content-length", str(len(body)).encode()), *(headers or [])]})
         await send({"type": "http.response.body", "body": body})
 
+    async def _deny_websocket(self, scope, receive, send, msg: str) -> None:
+        """Refuses a websocket before it is accepted.
+
+        With the ASGI "websocket.http.response" extension (uvicorn, which serves Ray's proxies
+        and replicas, and starlette's TestClient offer it) the client gets a plain HTTP 401 with
+        the JSON error; a server without it gets a close with 1008 (policy violation), which
+        the server turns into a refused handshake (403).
+        """
+        first = await receive()  # websocket.connect: the handshake is waiting on our answer
+        if first.get("type") != "websocket.connect":
+            return
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            body = RequestError(401, msg, kind="authentication_error").body()
+            await send({"type": "websocket.http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"www-authenticate", b"Bearer")]})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": msg[:120]})
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS":
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):  # lifespan: app start-up, not a request
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):] or "/"
-        if not path.startswith(GUARDED_PREFIX):
-            return await self.app(scope, receive, send)
-        if self.auth:
+        method = scope.get("method") if kind == "http" else None
+        if self.auth and not is_open(kind, method, path):
             hdr = dict(scope.get("headers") or []).get(b"authorization")
             reason = check_key(hdr.decode("latin-1") if hdr else None, self.digests)
             if reason:
                 self._count("auth", reason=reason)
                 msg = "missing API key: send 'Authorization: Bearer <key>'" if reason == "missing" else "invalid API key"
+                if kind == "websocket":
+                    return await self._deny_websocket(scope, receive, send, msg)
                 return await self._send_error(send, RequestError(401, msg, kind="authentication_error"),
                                               [(b"www-authenticate", b"Bearer")])
+        if kind == "websocket":
+            return await self.app(scope, receive, send)
+        if method == "GET" and (path.rstrip("/") == MODELS_PATH or path.startswith(MODELS_PATH + "/")):
+            return await self.app(scope, receive, _scrubbing(send))
         endpoint = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}.get(path.rstrip("/"))
         if endpoint is None or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
@@ -249,3 +311,27 @@ class Gate:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+def _scrubbing(send):
+    """A send that buffers a JSON response and passes it through :func:`scrub_models`."""
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(msg):
+        nonlocal start
+        if msg["type"] == "http.response.start":
+            start = msg
+            return None
+        if msg["type"] != "http.response.body" or start is None:
+            return await send(msg)
+        chunks.append(msg.get("body", b""))
+        if msg.get("more_body"):
+            return None
+        body = scrub_models(b"".join(chunks))
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        return await send({"type": "http.response.body", "body": body})
+
+    return wrapped

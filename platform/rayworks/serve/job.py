@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import time
 
-from rayworks.config.serve import ServeJob, check_local_source
+from rayworks.config.serve import ServeJob
 from rayworks.errors import ConfigError, RayworksError
 from rayworks.serve import manifest as mf
 from rayworks.serve import render
 from rayworks.serve.gate import key_digests
+from rayworks.serve.preflight import check_local_source
 
 
 class DeployError(RayworksError):
@@ -112,6 +113,7 @@ def run(job: ServeJob) -> dict:
         _direct_streaming_env(args)
     from ray import serve
 
+    from rayworks.serve import rayllm
     from rayworks.serve.app import build_app
 
     host = job.http.host or spec.serve.host
@@ -122,7 +124,7 @@ def run(job: ServeJob) -> dict:
           f"({'direct streaming from vLLM' if direct else 'Ray Serve LLM ingress'}): "
           + ", ".join(f"{m.id} <- {m.source}" for m in job.models), flush=True)
     t0 = time.time()
-    serve._run(build_app(args), _blocking=False, name=job.serve_app_name, route_prefix=job.http.route_prefix)
+    rayllm.run_nonblocking(build_app(args), name=job.serve_app_name, route_prefix=job.http.route_prefix)
     deployments = wait_healthy(job.serve_app_name, job.deploy_timeout_s)
     took = time.time() - t0
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{job.http.route_prefix.rstrip('/')}"

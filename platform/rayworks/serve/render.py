@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayworks.config.serve import ModelSpec, ServeJob
+from rayworks.config.serve import ServedModel, ServeJob
 
 IMPORT_PATH = "rayworks.serve.app:build_app"
 
@@ -20,22 +20,14 @@ IMPORT_PATH = "rayworks.serve.app:build_app"
 LLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
 
-def llm_config(m: ModelSpec, job: ServeJob) -> dict[str, Any]:
+def llm_config(m: ServedModel, job: ServeJob) -> dict[str, Any]:
     """The Ray Serve LLM ``LLMConfig`` (as a dict) of one model."""
     e = m.engine
-    engine: dict[str, Any] = {"max_model_len": e.max_model_len, "dtype": e.dtype,
-                              "tensor_parallel_size": e.tensor_parallel_size, "enforce_eager": e.enforce_eager}
-    if e.max_num_seqs:
-        engine["max_num_seqs"] = e.max_num_seqs
-    env = dict(LLM_ENV)
-    if m.on_cpu:
-        # On CPU vLLM sizes the KV cache from VLLM_CPU_KVCACHE_SPACE (GiB); the GPU fraction is meaningless.
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{e.cpu_kv_cache_gb:g}"
-        if e.tensor_parallel_size > 1:
-            engine["distributed_executor_backend"] = "mp"
-    else:
-        engine["gpu_memory_utilization"] = e.gpu_memory_fraction
-    engine.update(e.extra)
+    engine = e.vllm_kwargs(m.on_cpu)
+    # On CPU vLLM sizes the KV cache from VLLM_CPU_KVCACHE_SPACE (GiB); the GPU fraction is meaningless.
+    env = {**LLM_ENV, **e.vllm_env(m.on_cpu)}
+    if m.on_cpu and e.tensor_parallel_size > 1:
+        engine.setdefault("distributed_executor_backend", "mp")
 
     r = m.replicas
     deployment: dict[str, Any] = {

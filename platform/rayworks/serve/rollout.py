@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rayworks.config.engine import upgrade_renamed
 from rayworks.config.jobs import load_job_data
 from rayworks.config.serve import ServeJob
 from rayworks.errors import ConfigError
@@ -38,6 +39,8 @@ def updated_job(manifest: dict, model_id: str, source: str) -> ServeJob:
         raise ConfigError(f"serve job {data['name']!r} serves no model {model_id!r}; models: {ids}")
     src = source if "://" in source else str(Path(source).expanduser().resolve())
     data["models"] = [{**m, "source": src} if m["id"] == model_id else m for m in data["models"]]
+    # A manifest from before the engine settings took vLLM's names still updates.
+    data["models"] = [{**m, "engine": upgrade_renamed(m["engine"])} if m.get("engine") else m for m in data["models"]]
     job = load_job_data(data, f"manifest of serve job {data['name']!r}", Path.cwd(), expect_kind="serve")
     assert isinstance(job, ServeJob)
     return job

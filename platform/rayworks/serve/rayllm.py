@@ -1,0 +1,129 @@
+"""The one door to Ray's internals: every ``ray.llm._internal`` import and private Serve attribute.
+
+rayworks builds its Serve app from Ray Serve LLM's own pieces (the OpenAI ingress and its
+FastAPI app, direct streaming's engine deployment and request router), and Ray exposes only
+some of them publicly. Everything private that rayworks touches is named here and nowhere
+else, so a Ray upgrade that moves them breaks one module, and
+``tests/unit/test_rayllm_adapter.py`` (which imports every entry of :data:`INTERNALS`) says
+which symbol moved and which Ray version rayworks was written against.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# The Ray version these internals were read from (pyproject pins ray to it).
+PINNED_RAY = "2.60.0"
+
+# module -> names rayworks uses from it; attributes are checked by the adapter test.
+INTERNALS: dict[str, tuple[str, ...]] = {
+    "ray.llm._internal.serve.constants": ("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING",),
+    "ray.llm._internal.serve.core.server.llm_server": ("_add_middleware_to_built_app",),
+    "ray.llm._internal.serve.core.ingress.ingress": ("init", "OpenAiIngress", "make_fastapi_ingress"),
+    "ray.llm._internal.serve.core.ingress.builder": ("_build_direct_streaming_llm_deployment",
+                                                     "_build_openai_ingress_request_router"),
+    "ray.llm._internal.serve.core.configs.openai_api_models": ("to_model_metadata",),
+    "ray.llm._internal.common.dict_utils": ("maybe_apply_llm_deployment_config_defaults",),
+    "ray.serve": ("_run",),
+    # Test only: tests/unit/test_serve_routes.py builds the engine replica's app without an engine.
+    "ray.llm._internal.serve.engines.vllm.vllm_engine": ("VLLMEngine",),
+}
+# Private members of public classes: (module, class, attribute).
+PRIVATE_MEMBERS: tuple[tuple[str, str, str], ...] = (
+    ("ray.serve.llm", "LLMServer", "__serve_build_asgi_app__"),  # Serve's hook for a replica's own ASGI app
+    ("ray.serve.deployment", "Application", "_with_ingress_request_router"),
+)
+
+
+def _get(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def missing() -> list[str]:
+    """Every internal rayworks needs that this Ray lacks, as 'module.name' (empty when all are there)."""
+    out = []
+    for module, names in INTERNALS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            out.append(f"{module} (module)")
+            continue
+        out += [f"{module}.{n}" for n in names if not hasattr(mod, n)]
+    for module, cls, attr in PRIVATE_MEMBERS:
+        try:
+            if not hasattr(_get(module, cls), attr):
+                out.append(f"{module}.{cls}.{attr}")
+        except (ImportError, AttributeError):
+            out.append(f"{module}.{cls}")
+    return out
+
+
+def direct_streaming_enabled() -> bool:
+    """Whether Ray Serve LLM was imported with RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 (it reads it once)."""
+    return bool(_get("ray.llm._internal.serve.constants", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"))
+
+
+def add_middleware_to_built_app(app, middleware_cls, **options) -> None:
+    """Adds an ASGI middleware (outermost) to an app whose middleware stack vLLM already built."""
+    _get("ray.llm._internal.serve.core.server.llm_server", "_add_middleware_to_built_app")(
+        app, middleware_cls, **options)
+
+
+def llm_config_of(server) -> Any:
+    """The LLMConfig an LLMServer replica was built with."""
+    return server._llm_config
+
+
+def vllm_engine_class():
+    """Ray's vLLM engine class (what an LLMServer replica runs unless told otherwise)."""
+    return _get("ray.llm._internal.serve.engines.vllm.vllm_engine", "VLLMEngine")
+
+
+def ingress_fastapi_app():
+    """Ray Serve LLM's OpenAI FastAPI app with its own middleware (errors, CORS, metrics, request id)."""
+    return _get("ray.llm._internal.serve.core.ingress.ingress", "init")()
+
+
+def ingress_class(app):
+    """Ray's OpenAiIngress with its OpenAI routes registered on ``app`` (a Serve ingress class)."""
+    ingress = importlib.import_module("ray.llm._internal.serve.core.ingress.ingress")
+    return ingress.make_fastapi_ingress(ingress.OpenAiIngress, app=app)
+
+
+def ingress_deployment(configs: list, app, ingress_options: dict):
+    """The bound OpenAI ingress app: one LLM deployment per config behind ``app``'s routes."""
+    from ray import serve
+    from ray.serve.llm import build_llm_deployment
+
+    ingress = importlib.import_module("ray.llm._internal.serve.core.ingress.ingress")
+    to_card = _get("ray.llm._internal.serve.core.configs.openai_api_models", "to_model_metadata")
+    defaults = _get("ray.llm._internal.common.dict_utils", "maybe_apply_llm_deployment_config_defaults")
+    deployments = {c.model_id: build_llm_deployment(c) for c in configs}
+    cards = {c.model_id: to_card(c.model_id, c) for c in configs}
+    options = defaults(ingress.OpenAiIngress.get_deployment_options(configs), dict(ingress_options))
+    return serve.deployment(ingress_class(app), **options).bind(llm_deployments=deployments, model_cards=cards)
+
+
+def direct_streaming_deployment(cfg, router_options: dict):
+    """What ``build_openai_app`` does for direct streaming, with options for Ray's request router.
+
+    The engine deployment is the ingress (it serves vLLM's app); the router is the deployment
+    HAProxy asks which replica to use.
+    """
+    builder = importlib.import_module("ray.llm._internal.serve.core.ingress.builder")
+    app = builder._build_direct_streaming_llm_deployment(cfg)
+    router = builder._build_openai_ingress_request_router(server=app, llm_config=cfg)
+    router._bound_deployment = router._bound_deployment.options(**router_options)
+    return app._with_ingress_request_router(router)
+
+
+def run_nonblocking(app, name: str, route_prefix: str) -> None:
+    """Deploys (or updates) a Serve app and returns at once; the caller polls its status.
+
+    ``serve.run`` waits for health itself without telling why it fails; rayworks reports
+    each state change and the replicas' messages (rayworks.serve.job.wait_healthy).
+    """
+    from ray import serve
+
+    serve._run(app, _blocking=False, name=name, route_prefix=route_prefix)
