@@ -2,12 +2,16 @@
 
 Submit it (from a checkout, with the local cluster up):
 
-    rayworks submit jobs/configs/pipeline.yaml --follow
+    rayworks submit jobs/configs/demo.yaml --follow
 
 or with Ray's own CLI (token auth on: the client must say so):
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \
-        -- python jobs/pipeline.py --config jobs/configs/pipeline.yaml
+        -- python jobs/pipeline.py --config jobs/configs/demo.yaml --base-dir "$PWD"
+
+(``--base-dir`` makes relative paths mean this folder, not Ray's temporary copy of it;
+without it the job refuses rather than read or write there). An installed rayworks needs
+no jobs/ folder: ``python -m rayworks.jobmain pipeline --config ...`` is the same entrypoint.
 """
 
 import sys

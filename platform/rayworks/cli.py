@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from rayworks.errors import RayworksError
 
@@ -21,6 +22,7 @@ PLUGINS = [
     "rayworks.serve.cli",       # serve update / render
     "rayworks.pipeline_cli",    # run, lineage
     "rayworks.monitor",         # monitor up / down
+    "rayworks.init",            # init DIR: a starter project
 ]
 
 
@@ -60,9 +62,35 @@ def cmd_status(a):
 
 
 def cmd_submit(a):
+    if a.dry_run:
+        return dry_run(a)
     from rayworks.submit import submit
 
     submit(a.job, cluster=a.cluster, address=a.address, overrides=a.set, follow=a.follow, wait=not a.no_wait)
+
+
+def dry_run(a) -> int:
+    """`submit --dry-run`: the same validation and preflight as submit, then what would go; contacts nothing."""
+    import yaml
+
+    from rayworks.config.cluster import load_cluster_spec
+    from rayworks.config.jobs import load_job
+    from rayworks.preflight import preflight
+
+    job = load_job(a.job, a.set)
+    if a.cluster:
+        job.cluster = str(Path(a.cluster).resolve())
+    spec = load_cluster_spec(job.cluster)
+    preflight(job, spec)
+    print(f"dry run: would submit {job.kind} job {job.name!r} to cluster {spec.name!r} at "
+          f"{a.address or spec.dashboard_url} (nothing was contacted)")
+    for b in job.resources_on(spec):
+        gpu = f" + {b.num_gpus:g} GPU{' ' + b.accelerator_type if b.accelerator_type else ''}" if b.num_gpus else ""
+        print(f"  needs {b.count} x ({b.num_cpus:g} CPU{gpu}) for {b.what}")
+    print("  resolved config:")
+    text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+    print("\n".join(f"    {line}" for line in text.splitlines()))
+    return 0
 
 
 def _client(a):
@@ -111,8 +139,15 @@ def cmd_validate(a):
     print(f"{a.job}: valid {job.kind} job; preflight against {spec.name!r} passed")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end like every other bad input: exit 2 with one line on stderr."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="rayworks", description="Raw text to a served LLM on one Ray cluster.")
+    ap = _Parser(prog="rayworks", description="Raw text to a served LLM on one Ray cluster.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, fn, hlp in [("up", cmd_up, "start the local cluster of a spec"),
@@ -133,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and preflight, print what would be submitted, contact nothing")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("validate", help="validate a job YAML and run the preflight; submits nothing")
@@ -156,14 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", help="cluster, prep, train, serve, generate or pipeline")
     p.set_defaults(func=cmd_schema)
 
-    for mod in PLUGINS:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod:
-                continue
-            raise
-        m.register(sub)
+    for mod in PLUGINS:  # all in this package, each importing only argparse-level code at import time
+        importlib.import_module(mod).register(sub)
     return ap
 
 
@@ -172,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except RayworksError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        msg = str(exc)
+        if exc.exit_code == 2:  # bad input: always exactly one line, whatever the message holds
+            msg = " ".join(msg.split())
+        print(f"error: {msg}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -10,10 +10,14 @@ class RayworksError(Exception):
 class ConfigError(RayworksError):
     """A config or spec is malformed, inconsistent, or names something missing.
 
-    Raised before anything is submitted or started; the CLI exits with code 2.
+    Raised before anything is submitted or started; the CLI exits with code 2. The message
+    is always one line (a user's value may hold line breaks; they become spaces).
     """
 
     exit_code = 2
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).splitlines()))
 
 
 class ClusterError(RayworksError):

@@ -15,7 +15,7 @@ from rayworks.config.base import config_hash
 from rayworks.config.cluster import ClusterSpec
 from rayworks.config.pipeline import STAGES, PipelineJob
 from rayworks.errors import JobFailedError
-from rayworks.storage import read_bytes, sha256_bytes, write_bytes
+from rayworks.storage import is_file, read_bytes, sha256_bytes, write_bytes
 
 
 def _say(msg: str) -> None:
@@ -42,12 +42,11 @@ def record_uri(job: PipelineJob, spec: ClusterSpec, stage: str) -> str:
 
 
 def _up_to_date(rec_uri: str, key: str, manifest_uri: str) -> dict | None:
-    raw = read_bytes(rec_uri)
-    if raw is None:
+    if not is_file(rec_uri) or not is_file(manifest_uri):
         return None
-    rec = json.loads(raw)
+    rec = json.loads(read_bytes(rec_uri))
     man = read_bytes(manifest_uri)
-    if rec.get("key") != key or man is None or sha256_bytes(man) != rec.get("manifest_sha256"):
+    if rec.get("key") != key or sha256_bytes(man) != rec.get("manifest_sha256"):
         return None
     return rec
 
@@ -134,7 +133,11 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
     """Runs the pipeline; returns a summary (stage -> ran/skipped, outputs, smoke-test text)."""
     from rayworks.submit import submit_job
 
+    from rayworks.preflight import check_config
+
     spec = pipe.cluster_spec()
+    # Every stage's config (with the links filled in) must be valid before the first one runs.
+    check_config(pipe, spec)
     if bring_up and spec.provider.type == "local" and address is None:
         from rayworks.cluster import local
 
@@ -167,9 +170,9 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
             _say(f"{stage}: submitting job {job.name!r}")
             t0 = time.time()
             job_id = submit_job(job, spec, address=address, follow=follow, wait=True, timeout_s=pipe.job_timeout_s)
-            man = read_bytes(outs["manifest"])
-            if man is None:
+            if not is_file(outs["manifest"]):
                 raise JobFailedError(f"{stage} job {job_id} succeeded but wrote no manifest at {outs['manifest']}")
+            man = read_bytes(outs["manifest"])
             rec = {"stage": stage, "key": key, "job_id": job_id, "manifest": outs["manifest"],
                    "manifest_sha256": sha256_bytes(man), "upstream_sha256": upstream_sha,
                    "seconds": round(time.time() - t0, 1)}
@@ -182,8 +185,8 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
             upstream_sha = rec["manifest_sha256"]
         elif stage == "train":
             links["export_dir"] = outs["export_dir"]
-            exp = read_bytes(outs["export_manifest"])
-            upstream_sha = sha256_bytes(exp) if exp is not None else rec["manifest_sha256"]
+            exp = outs["export_manifest"]
+            upstream_sha = sha256_bytes(read_bytes(exp)) if is_file(exp) else rec["manifest_sha256"]
     if "serve" in jobs:
         base, key_env, _ = serve_endpoint(jobs["serve"], spec)
         summary["api_url"] = f"{base}/v1"

@@ -1,14 +1,16 @@
-"""Preflight: can the job's resource request ever fit the cluster spec?
+"""Preflight: can the job's resource request ever fit the cluster spec, and is its input there?
 
 Runs before anything is submitted. It reasons about the spec's largest possible
 cluster (every group at max_workers), so a request that fails here could never
-be scheduled, only wait forever.
+be scheduled, only wait forever. Then come the config's own checks against the spec
+(``JobBase.preflight``, pure) and the kind's area preflight (``KINDS[kind].preflight``:
+files, tokenizers, the shell), imported by path so that this module imports no area.
 """
 
 from __future__ import annotations
 
 from rayworks.config.cluster import ClusterSpec
-from rayworks.config.jobs import Bundle, JobBase
+from rayworks.config.jobs import KINDS, Bundle, JobBase, import_path
 from rayworks.errors import ConfigError
 
 
@@ -53,7 +55,25 @@ def check_resources(bundles: list[Bundle], spec: ClusterSpec) -> None:
                           f"{spec_cpu} CPUs; lower the request or raise num_cpus/max_workers")
 
 
+def check_config(job: JobBase, spec: ClusterSpec) -> None:
+    """What the configs alone decide: resources and config-vs-spec checks, for the job and its sub-jobs.
+
+    A pipeline's stages are validated here with the links the pipeline fills in, so a bad
+    stage fails before the first one runs. Reads no files (a stage's input may not exist yet).
+    """
+    for j in [job, *job.sub_jobs(spec)]:
+        check_resources(j.resources_on(spec), spec)
+        j.preflight(spec)
+
+
+def area_preflight(job: JobBase, spec: ClusterSpec) -> None:
+    """The kind's own checks of files, tokenizers and the shell (registered in KINDS)."""
+    kind = KINDS.get(job.kind)
+    if kind is not None and kind.preflight:
+        import_path(kind.preflight)(job, spec)
+
+
 def preflight(job: JobBase, spec: ClusterSpec) -> None:
     """All checks that must pass before a job is submitted."""
-    check_resources(job.resources_on(spec), spec)
-    job.preflight(spec)
+    check_config(job, spec)
+    area_preflight(job, spec)

@@ -1,10 +1,12 @@
 """Job submission against the spec's cluster, through Ray's JobSubmissionClient.
 
-`submit` validates the job, runs the preflight against the spec, stages the
-resolved config beside the job entrypoints, and submits
-``python jobs/<kind>.py --config rayworks_job.yaml`` with the spec's runtime env
-plus the job's own. Auth needs no thought: the client gets RAY_AUTH_MODE=token
-and Ray's token file.
+`submit` validates the job, runs the preflight against the spec, stages the resolved
+config and the resolved cluster spec in a small working dir, and submits
+``python -m rayworks.jobmain <kind> --config rayworks_job.yaml`` with the spec's runtime
+env plus the job's own. The package travels as a ``py_modules`` entry, so nothing from a
+checkout (``jobs/``, ``cluster/``) is needed: an installed rayworks submits the same way.
+Secret env vars travel sealed (:mod:`rayworks.secrets`). Auth needs no thought: the
+client gets RAY_AUTH_MODE=token and Ray's token file.
 """
 
 from __future__ import annotations
@@ -17,25 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from rayworks.cluster.auth import apply_auth_env
 from rayworks.config.cluster import ClusterSpec, load_cluster_spec
-from rayworks.config.jobs import KINDS, JobBase, dump_job, load_job
+from rayworks.config.jobs import JobBase, dump_job, load_job
 from rayworks.errors import ClusterError, ConfigError, JobFailedError
 from rayworks.preflight import preflight
+from rayworks.secrets import sealed_runtime_env
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def project_root() -> Path:
-    """The checkout holding jobs/ (the package lives in <root>/platform/rayworks)."""
-    root = PACKAGE_DIR.parents[1]
-    if not (root / "jobs").is_dir() and (Path.cwd() / "jobs").is_dir():
-        root = Path.cwd()  # inside a Ray job (e.g. the pipeline job): its working dir holds jobs/
-    if not (root / "jobs").is_dir():
-        raise ConfigError(f"cannot find the jobs/ folder next to the rayworks package ({root}); "
-                          "submit from a rayworks checkout (pip install -e .)")
-    return root
+JOB_FILE = "rayworks_job.yaml"
+SPEC_FILE = "rayworks_cluster.yaml"
 
 
 def client(spec: ClusterSpec | None = None, address: str | None = None):
@@ -46,6 +42,10 @@ def client(spec: ClusterSpec | None = None, address: str | None = None):
     url = address or (spec.dashboard_url if spec else None)
     if not url:
         raise ConfigError("no cluster: give --cluster SPEC or --address http://HOST:8265")
+    if spec is not None and url == spec.dashboard_url and spec.auth.mode == "token":
+        from rayworks.cluster.auth import verify_dashboard
+
+        verify_dashboard(spec)  # the token goes only to this user's Ray (ClusterError otherwise)
     try:
         return JobSubmissionClient(url)
     except Exception as exc:  # Ray raises ConnectionError/RuntimeError/AuthenticationError here
@@ -57,28 +57,38 @@ def client(spec: ClusterSpec | None = None, address: str | None = None):
                            "(`rayworks up`, `rayworks status`)?") from None
 
 
-def stage(job: JobBase) -> Path:
-    """A working dir for the job: the jobs/ entrypoints plus the resolved config."""
+def stage(job: JobBase, spec: ClusterSpec) -> Path:
+    """A working dir for the job: the resolved config and the resolved spec it was submitted with.
+
+    The job's copy of the package has neither the client's spec file nor a checkout, so
+    the spec travels with the job (storage already absolute) and the staged config names
+    it by a path relative to itself. Secrets are names only here; values travel sealed.
+    """
     d = Path(tempfile.mkdtemp(prefix=f"rayworks-{job.name}-"))
-    shutil.copytree(project_root() / "jobs", d / "jobs",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    dump_job(job, d / "rayworks_job.yaml")
+    (d / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    staged = job.model_copy(deep=True)
+    staged.cluster = SPEC_FILE
+    dump_job(staged, d / JOB_FILE)
     return d
 
 
 def runtime_env(job: JobBase, spec: ClusterSpec, working_dir: Path) -> dict:
-    """The spec's runtime env plus the job's own; secrets come from this shell's environment."""
+    """The spec's runtime env plus the job's own; secrets come from this shell's environment, sealed."""
     env_vars = {**spec.runtime_env.env_vars, **job.runtime_env.env_vars}
-    missing = [n for n in spec.runtime_env.secret_env_vars if n not in os.environ]
-    if missing:
-        raise ConfigError(f"runtime_env.secret_env_vars names {missing} but they are not set in this shell; "
-                          "export them before submitting")
-    env_vars.update({n: os.environ[n] for n in spec.runtime_env.secret_env_vars})
+    sealed = sealed_runtime_env(spec.runtime_env.secret_env_vars)
+    env_vars.update(sealed.get("env_vars", {}))
     env = {"working_dir": str(working_dir), "py_modules": [str(PACKAGE_DIR)], "env_vars": env_vars}
+    if "worker_process_setup_hook" in sealed:
+        env["worker_process_setup_hook"] = sealed["worker_process_setup_hook"]
     pip = list(job.runtime_env.pip)
     if pip:
         env["pip"] = pip
     return env
+
+
+def entrypoint(job: JobBase) -> str:
+    """The job's command: the package's own entrypoint module (no jobs/ folder needed)."""
+    return f"python -m rayworks.jobmain {job.kind} --config {JOB_FILE}"
 
 
 def submit(job_path: str, cluster: str | None = None, address: str | None = None,
@@ -97,8 +107,8 @@ def submit_job(job: JobBase, spec: ClusterSpec, address: str | None = None, foll
                wait: bool = True, timeout_s: float | None = None, quiet: bool = False) -> str:
     """Submits an already-validated job (used by `submit` and the pipeline)."""
     c = client(spec, address)
-    wd = stage(job)
-    entry = f"python {KINDS[job.kind][2]} --config rayworks_job.yaml"
+    wd = stage(job, spec)
+    entry = entrypoint(job)
     sub_id = f"rayworks-{job.kind}-{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     try:
         job_id = c.submit_job(entrypoint=entry, runtime_env=runtime_env(job, spec, wd), submission_id=sub_id,
@@ -141,6 +151,3 @@ def wait_for(c, job_id: str, follow: bool = False, timeout_s: float | None = Non
         raise JobFailedError(f"job {job_id} {st}: {info.message or ''}\n--- last log lines ---\n{tail}")
     return st
 
-
-def resolve_cluster(cluster: str | None) -> ClusterSpec:
-    return load_cluster_spec(cluster)

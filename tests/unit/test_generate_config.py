@@ -61,7 +61,7 @@ def test_strict_and_cross_field_checks(tmp_path):
 
 
 def test_missing_model_or_input_fails_before_any_engine(tmp_path):
-    from rayworks.config.generate import check_paths
+    from rayworks.generate.preflight import check_paths
 
     job = make(tmp_path)
     check_paths(job)  # both exist
@@ -132,10 +132,14 @@ def test_chunks_commit_resume_and_assemble(tmp_path):
 
     job = make(tmp_path, output={"uri": str(tmp_path / "out"), "num_rows_per_chunk": 2, "format": "jsonl"})
     out = job.output_uri()
-    chunks.check_plan(job, out, ["abc"])
-    chunks.check_plan(job, out, ["abc"])  # same plan: resumes
+    chunks.check_plan(job, out, ["abc"], "m1")
+    chunks.check_plan(job, out, ["abc"], "m1")  # same plan: resumes
     with pytest.raises(ConfigError, match="different input_sha256"):
-        chunks.check_plan(job, out, ["changed"])
+        chunks.check_plan(job, out, ["changed"], "m1")
+    # The model counts by content, not path: the same path holding another model is refused.
+    with pytest.raises(ConfigError, match=r"different model \(earlier: .* sha256 m1; now: .* sha256 m2\).*"
+                                          r"output.overwrite: true to start fresh"):
+        chunks.check_plan(job, out, ["abc"], "m2")
 
     def row(i, run):
         return {"index": i, "id": str(i), "prompt": f"p{i}", "generated_text": f"g{i}", "finish_reason": "length",
@@ -156,7 +160,7 @@ def test_chunks_commit_resume_and_assemble(tmp_path):
 
 
 def test_engine_config_cpu_bundle_is_explicit(tmp_path):
-    pytest.importorskip("ray.data.llm")
+    # ray.data.llm is a required dependency (the generate job's engine): missing is a failure, not a skip.
     from rayworks.generate import engine
 
     job = make(tmp_path, engine={"max_model_len": 64, "num_cpus_per_replica": 2, "num_replicas": 2, "batch_size": 16})

@@ -128,3 +128,54 @@ def test_against_shipped_specs():
     local = load_cluster_spec(REPO / "cluster" / "local.yaml")
     with pytest.raises(ConfigError, match="no node type in spec 'local'"):
         preflight(FakeTrainJob(name="g"), local)
+
+
+# ---------------------------------------------------------------- a pipeline is validated whole
+def _pipeline(tmp_path, serve: str) -> Path:
+    """The shipped prep and train stages (by path) and an inline serve stage."""
+    p = tmp_path / "pipeline.yaml"
+    p.write_text(f"kind: pipeline\nname: lic\ncluster: {REPO / 'cluster' / 'local.yaml'}\n"
+                 f"corpus: {{output: {tmp_path / 'corpus'}}}\n"
+                 f"prep: {REPO / 'jobs' / 'configs' / 'prep.yaml'}\ntrain: {REPO / 'jobs' / 'configs' / 'train.yaml'}\n"
+                 f"serve:\n{serve}")
+    return p
+
+
+SERVE_NO_AUTH = ("  kind: serve\n  models:\n    - id: tiny\n      source: anywhere\n      accelerator: cpu\n"
+                 "      engine: {max_model_len: 512, dtype: float32}\n")
+
+
+def test_pipeline_with_a_bad_inline_stage_fails_validate_up_front(tmp_path, capsys):
+    from rayworks.cli import main
+
+    bad = _pipeline(tmp_path, SERVE_NO_AUTH)
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lic:serve: auth: Field required" in err
+    # With the section, validation passes: the serve stage's source is the link to training's
+    # export (which does not exist yet), so only config checks run for the stages.
+    good = _pipeline(tmp_path, SERVE_NO_AUTH + f"  auth: {{api_keys_file: {tmp_path / 'keys'}}}\n")
+    assert main(["validate", str(good)]) == 0, capsys.readouterr().err
+    assert "valid pipeline job" in capsys.readouterr().out
+
+
+def test_pipeline_links_are_filled_in_before_validation(tmp_path):
+    from rayworks.config.cluster import load_cluster_spec
+    from rayworks.config.pipeline import load_pipeline
+
+    spec = load_cluster_spec(REPO / "cluster" / "local.yaml")
+    pipe = load_pipeline(_pipeline(tmp_path, SERVE_NO_AUTH + f"  auth: {{api_keys_file: {tmp_path / 'k'}}}\n"))
+    jobs = pipe.stage_jobs(spec)
+    assert jobs["train"].data.prep_uri == f"{spec.storage.uri}/prep/python-docs"
+    assert jobs["serve"].models[0].source == f"{spec.storage.uri}/train/{jobs['train'].name}/export"
+
+
+def test_run_refuses_a_bad_stage_before_the_first_stage_runs(tmp_path):
+    """`rayworks run` checks every stage before bringing a cluster up or building the corpus."""
+    from rayworks.config.pipeline import load_pipeline
+    from rayworks.pipeline import run
+
+    pipe = load_pipeline(_pipeline(tmp_path, SERVE_NO_AUTH))
+    with pytest.raises(ConfigError, match="lic:serve: auth: Field required"):
+        run(pipe, address="http://127.0.0.1:9", bring_up=False)
+    assert not (tmp_path / "corpus").exists()  # the corpus step (the first work) never ran

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rayworks.data import storage
+from rayworks import storage
 from rayworks.data.clean import clean_texts, clean_unit, content_hash, score, unit_key
 from rayworks.data.dedup import dedup_bucket, dropped_keys_for_unit, duplicate_keys
 from rayworks.data.inputs import plan_units

@@ -1,8 +1,10 @@
 """The job envelope shared by every job kind, and the kind registry.
 
 A job YAML has a ``kind`` (prep, train, serve, generate, pipeline) that selects a
-strict model. Each kind registers its config class and its runner here by import
-path, so the CLI and validation never import torch/vllm/deepspeed.
+strict model. Each kind registers its config class, its runner, its entrypoint and
+its area preflight here by import path, so the CLI and validation never import
+torch/vllm/deepspeed, and this package never imports the areas (configs are pure
+schemas; checks that look at files, tokenizers or the shell live beside each runner).
 """
 
 from __future__ import annotations
@@ -10,23 +12,38 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayworks.config.base import StrictModel, read_yaml, set_override, validate_model
+from rayworks.config.envcheck import check_env_vars
 from rayworks.errors import ConfigError
 
 if TYPE_CHECKING:
     from rayworks.config.cluster import ClusterSpec
 
-# kind -> (config class, runner function, job entrypoint script relative to the project root)
-KINDS: dict[str, tuple[str, str, str]] = {
-    "prep": ("rayworks.config.prep:PrepJob", "rayworks.data.job:run", "jobs/prep.py"),
-    "train": ("rayworks.config.train:TrainJob", "rayworks.train.job:run", "jobs/train.py"),
-    "serve": ("rayworks.config.serve:ServeJob", "rayworks.serve.job:run", "jobs/serve.py"),
-    "generate": ("rayworks.config.generate:GenerateJob", "rayworks.generate.job:run", "jobs/generate.py"),
-    "pipeline": ("rayworks.config.pipeline:PipelineJob", "rayworks.pipeline:run", "jobs/pipeline.py"),
+
+
+class Kind(NamedTuple):
+    """Where a job kind's parts live, as ``module:attr`` import paths (imported only when used)."""
+
+    config: str       # the strict config model
+    runner: str       # run(job) on the cluster
+    entrypoint: str   # job script relative to the project root
+    preflight: str | None  # check(job, spec) on the client: files, tokenizers, the shell; raises ConfigError
+
+
+KINDS: dict[str, Kind] = {
+    "prep": Kind("rayworks.config.prep:PrepJob", "rayworks.data.job:run", "jobs/prep.py",
+                 "rayworks.data.preflight:check"),
+    "train": Kind("rayworks.config.train:TrainJob", "rayworks.train.job:run", "jobs/train.py",
+                  "rayworks.train.preflight:check"),
+    "serve": Kind("rayworks.config.serve:ServeJob", "rayworks.serve.job:run", "jobs/serve.py",
+                  "rayworks.serve.preflight:check"),
+    "generate": Kind("rayworks.config.generate:GenerateJob", "rayworks.generate.job:run", "jobs/generate.py",
+                     "rayworks.generate.preflight:check"),
+    "pipeline": Kind("rayworks.config.pipeline:PipelineJob", "rayworks.pipeline:run", "jobs/pipeline.py", None),
 }
 
 
@@ -52,6 +69,12 @@ class JobRuntimeEnv(StrictModel):
     env_vars: dict[str, str] = Field(default_factory=dict, description="Extra non-secret environment variables for this job.")
     pip: list[str] = Field(default_factory=list, description="Extra pip packages for this job (installed by Ray's runtime env).")
 
+    @model_validator(mode="after")
+    def _no_secrets(self) -> "JobRuntimeEnv":
+        # Same check as the cluster spec's runtime_env: these values go into the job's runtime_env.
+        check_env_vars(self.env_vars, "runtime_env.env_vars")
+        return self
+
 
 class JobBase(StrictModel):
     """Fields every job kind has."""
@@ -73,7 +96,15 @@ class JobBase(StrictModel):
         return self.resource_request()
 
     def preflight(self, spec: "ClusterSpec") -> None:
-        """Kind-specific checks before submission (raise ConfigError)."""
+        """Kind-specific checks of the config against the spec alone (no files, no shell); raise ConfigError.
+
+        Checks that read files, tokenizers or the environment are the kind's area preflight
+        (``KINDS[kind].preflight``), run after this one by :func:`rayworks.preflight.preflight`.
+        """
+
+    def sub_jobs(self, spec: "ClusterSpec") -> list["JobBase"]:
+        """Jobs this one submits in turn (a pipeline's stages), validated; the preflight checks each."""
+        return []
 
     def resolve_paths(self, base: Path) -> None:
         """Makes relative local paths absolute, relative to the config file's folder."""
@@ -119,9 +150,11 @@ def _resolve_field(obj, dotted: str, base: Path) -> None:
 
 
 def job_class(kind: str) -> type[JobBase]:
+    if not isinstance(kind, str):
+        raise ConfigError(f"kind: expected a string, one of {sorted(KINDS)} (got {type(kind).__name__})")
     if kind not in KINDS:
         raise ConfigError(f"kind: {kind!r} is not a job kind; use one of {sorted(KINDS)}")
-    return import_path(KINDS[kind][0])
+    return import_path(KINDS[kind].config)
 
 
 def load_job_data(data: dict, source: str, base: Path, text: str | None = None, expect_kind: str | None = None) -> JobBase:
@@ -129,6 +162,8 @@ def load_job_data(data: dict, source: str, base: Path, text: str | None = None, 
     kind = data.get("kind")
     if kind is None:
         raise ConfigError(f"{source}: missing key 'kind' (one of {sorted(KINDS)})")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{source}: kind: expected a string, one of {sorted(KINDS)} (got {type(kind).__name__})")
     if expect_kind and kind != expect_kind:
         raise ConfigError(f"{source}: kind is {kind!r} but this entrypoint runs {expect_kind!r} jobs; "
                           f"use jobs/{kind}.py or `rayworks submit`")

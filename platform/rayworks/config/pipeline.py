@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from rayworks.config.base import StrictModel, read_yaml, set_override
 from rayworks.config.jobs import Bundle, JobBase, load_job_data, resolve_path
+from rayworks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rayworks.config.cluster import ClusterSpec
 
 STAGES = ("prep", "train", "serve")
 BASE_KEY = "_base"  # where an inlined stage's relative paths resolve from
@@ -72,23 +76,62 @@ class PipelineJob(JobBase):
             data, _ = read_yaml(val)
             return data, Path(val).parent
         data = copy.deepcopy(val)
-        return data, Path(data.pop(BASE_KEY))
+        base = data.pop(BASE_KEY, None)
+        if not isinstance(base, str):
+            raise ConfigError(f"{self.name}:{stage}: {BASE_KEY!r} is set by rayworks; remove it from the stage")
+        return data, Path(base)
 
     def stage_job(self, stage: str, links: dict[str, str]) -> JobBase:
         """Validates one stage with the pipeline's cluster, name and links to upstream outputs."""
         data, base = self.stage_data(stage)
+        source = f"{self.name}:{stage}"
         data.setdefault("name", f"{self.name}-{stage}")
         if self.cluster:
             data["cluster"] = self.cluster
         # The pipeline owns the links: a stage always reads what the stage before it wrote,
         # so the lineage chain cannot point at some other artifact.
         if stage == "train" and "prep_output" in links:
-            data.setdefault("data", {})["prep_uri"] = links["prep_output"]
+            section = data.setdefault("data", {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{source}: data: expected a mapping (got {type(section).__name__})")
+            section["prep_uri"] = links["prep_output"]
         if stage == "serve" and "export_dir" in links:
-            for m in data.get("models") or []:
+            models = data.get("models") or []
+            if not isinstance(models, list):
+                raise ConfigError(f"{source}: models: expected a list of models (got {type(models).__name__})")
+            for m in models:
                 if isinstance(m, dict):
                     m["source"] = links["export_dir"]
-        return load_job_data(data, f"{self.name}:{stage}", base, expect_kind=stage)
+        return load_job_data(data, source, base, expect_kind=stage)
+
+    def stage_jobs(self, spec: "ClusterSpec") -> dict[str, JobBase]:
+        """Every stage validated up front, each with the links the run will fill in.
+
+        Used by the preflight (``rayworks validate`` and the start of ``rayworks run``), so a
+        bad serve stage fails before prep and training spend their time.
+        """
+        jobs: dict[str, JobBase] = {}
+        links: dict[str, str] = {}
+        for stage in STAGES:
+            if getattr(self, stage) is None:
+                continue
+            job = jobs[stage] = self.stage_job(stage, links)
+            links.update(stage_links(stage, job, spec))
+        return jobs
+
+    def sub_jobs(self, spec: "ClusterSpec") -> list[JobBase]:
+        return list(self.stage_jobs(spec).values())
+
+
+def stage_links(stage: str, job: JobBase, spec: "ClusterSpec") -> dict[str, str]:
+    """What the stages after this one read from it: prep's output folder, train's export folder."""
+    storage = spec.storage.uri.rstrip("/")
+    if stage == "prep":
+        out = getattr(job, "output_uri", None)
+        return {"prep_output": out.rstrip("/") if out else f"{storage}/prep/{job.name}"}
+    if stage == "train":
+        return {"export_dir": f"{job.output_uri(spec)}/export"}  # type: ignore[attr-defined]
+    return {}
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineJob:

@@ -17,16 +17,12 @@ different parallelism give byte-identical manifests).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from rayworks.config.base import StrictModel
 from rayworks.config.jobs import Bundle, JobBase
-from rayworks.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rayworks.config.cluster import ClusterSpec
 
 
 class InputSpec(StrictModel):
@@ -102,19 +98,7 @@ class PrepJob(JobBase):
         return [Bundle(num_cpus=1, what="prep driver"),
                 Bundle(num_cpus=self.execution.num_cpus_per_worker, count=n, what="prep workers")]
 
-    def preflight(self, spec: "ClusterSpec") -> None:
-        """Missing local inputs and empty globs fail here, before submission."""
-        if spec.provider.type != "local":
-            return  # paths are resolved on the cluster, which may see other files
-        from rayworks.data.inputs import expand_inputs
-
-        expand_inputs(self.inputs)
-        if self.tokenizer.path and "://" not in self.tokenizer.path:
-            from pathlib import Path
-
-            if not (Path(self.tokenizer.path) / "tokenizer.json").is_file():
-                raise ConfigError(f"tokenizer.path: {self.tokenizer.path} has no tokenizer.json; give a Hugging Face "
-                                  "tokenizer directory (save_pretrained output) or unset it to train one")
+    # Inputs and the tokenizer folder are checked by rayworks.data.preflight (KINDS["prep"]).
 
     def output(self) -> str:
         """The output directory/URI (default {storage}/prep/{name})."""
