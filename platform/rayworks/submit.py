@@ -42,10 +42,12 @@ def client(spec: ClusterSpec | None = None, address: str | None = None):
     url = address or (spec.dashboard_url if spec else None)
     if not url:
         raise ConfigError("no cluster: give --cluster SPEC or --address http://HOST:8265")
-    if spec is not None and url == spec.dashboard_url and spec.auth.mode == "token":
-        from rayworks.cluster.auth import verify_dashboard
+    if spec is None or spec.auth.mode == "token":
+        from rayworks.cluster.auth import verify_url
 
-        verify_dashboard(spec)  # the token goes only to this user's Ray (ClusterError otherwise)
+        # JobSubmissionClient sends the token on its first request: check the listener first, for
+        # any URL (an explicit --address too). On loopback that includes the socket's owner.
+        verify_url(url, cached=True)
     try:
         return JobSubmissionClient(url)
     except Exception as exc:  # Ray raises ConnectionError/RuntimeError/AuthenticationError here

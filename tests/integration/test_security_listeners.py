@@ -174,3 +174,25 @@ def test_the_serve_app_is_reachable_on_loopback_only_through_haproxy(busy_cluste
     assert r.status_code == 200 and r.text == "hello"
     front = [s for s in listeners(busy_cluster) if s["port"] == spec.serve.port]
     assert front and all(_loopback(s["ip"]) for s in front), front
+
+
+def test_ray_processes_run_with_the_specs_auth_and_loopback_settings(busy_cluster):
+    """The GCS and raylet got what the spec decides, whatever the shell or env_vars said (applied last)."""
+    env = {}
+    for p in _session_processes(busy_cluster):
+        if p.info["name"] in ("gcs_server", "raylet"):
+            raw = open(f"/proc/{p.pid}/environ", "rb").read().split(b"\0")
+            env[p.info["name"]] = dict(kv.decode(errors="replace").partition("=")[::2] for kv in raw if b"=" in kv)
+    assert set(env) == {"gcs_server", "raylet"}, sorted(env)
+    for name, e in env.items():
+        assert (e.get("RAY_AUTH_MODE"), e.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")) == ("token", "0"), name
+
+
+def test_job_client_for_an_explicit_address_verifies_the_real_dashboard(busy_cluster):
+    """`rayworks jobs --address URL` (no spec): the listener check passes for this user's Ray, then the client works."""
+    from rayworks.cluster.auth import forget_verified
+    from rayworks.submit import client
+
+    forget_verified(busy_cluster.dashboard_url)
+    c = client(None, busy_cluster.dashboard_url)
+    assert isinstance(c.list_jobs(), list)

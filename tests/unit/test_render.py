@@ -443,7 +443,50 @@ def test_render_cli_out_and_stdout(tmp_path, capsys):
     assert yaml.safe_load(text) == yaml.safe_load((GOLDEN / "gcp.ray-up.yaml").read_text())
     capsys.readouterr()
     assert cli_main(["cluster", "render", str(REPO / "cluster" / "kubernetes.yaml"), "--target", "kuberay"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["kind"] == "RayCluster"
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))  # `| kubectl apply -f -` gets both
+    assert [d["kind"] for d in docs] == ["RayCluster", "NetworkPolicy"]
+
+
+def test_render_of_a_users_kubernetes_spec_writes_its_networkpolicy(tmp_path, capsys):
+    # A spec of the user's own (not a shipped one, so `render-all` never sees it).
+    mine = tmp_path / "my-k8s.yaml"
+    data = yaml.safe_load((REPO / "cluster" / "kubernetes.yaml").read_text())
+    data.update(name="mine", provider={"type": "kubernetes", "namespace": "ml"})
+    mine.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    assert cli_main(["cluster", "render", str(mine), "--target", "kuberay", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["my-k8s.networkpolicy.yaml", "my-k8s.raycluster.yaml"]
+    pol = yaml.safe_load((out / "my-k8s.networkpolicy.yaml").read_text())
+    assert pol == kuberay.networkpolicy(load_cluster_spec(mine))
+    assert pol["metadata"]["namespace"] == "ml" and pol["spec"]["podSelector"]["matchLabels"] == {
+        kuberay.LABEL_CLUSTER: "mine"}
+    cluster_text = (out / "my-k8s.raycluster.yaml").read_text()
+    assert f"kubectl apply -f {out}/my-k8s.networkpolicy.yaml -f {out}/my-k8s.raycluster.yaml" in cluster_text
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_secret_hints_name_the_files_the_specs_and_jobs_use(tmp_path):
+    spec = spec_of("kubernetes")
+    assert render.serve_keys_usage(spec, None) == []
+    line = render.serve_keys_usage(spec, "~/keys dir/serve keys")[0]
+    assert line.split("--from-file=")[1].startswith("""api_keys="$HOME"/'keys dir/serve keys'""")
+    assert "--from-file=api_keys=$HOME/k/f " in render.serve_keys_usage(spec, str(Path.home() / "k" / "f"))[0]
+    assert "--from-file=api_keys=/etc/keys " in render.serve_keys_usage(spec, "/etc/keys")[0]
+    spec.auth.token_path = "~/.config/ray/token"
+    assert any(line.endswith("--from-file=auth_token=$HOME/.config/ray/token")
+               for line in render._usage("kuberay", spec, "x.yaml"))
+    # The golden RayService's line comes from jobs/configs/serve.yaml's api_keys_file.
+    text = (GOLDEN / "kubernetes.rayservice-serve.yaml").read_text()
+    assert "--from-file=api_keys=$HOME/.rayworks/serve_api_keys " in text
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    serve = yaml.safe_load((REPO / "jobs" / "configs" / "serve.yaml").read_text())
+    serve["auth"]["api_keys_file"] = "~/team/serve.keys"
+    serve["models"][0]["source"] = str(tmp_path / "model")
+    (configs / "serve.yaml").write_text(yaml.safe_dump(serve))
+    path = REPO / "cluster" / "kubernetes.yaml"
+    out = render.job_manifests(path, load_cluster_spec(path), configs)
+    assert "--from-file=api_keys=$HOME/team/serve.keys " in out["kubernetes.rayservice-serve.yaml"]
 
 
 def test_render_cli_wrong_target_exits_2(capsys):

@@ -30,10 +30,69 @@ def test_secret_looking_names_are_refused(name):
     assert msg and f"runtime_env.env_vars.{name}" in msg and "runtime_env.secret_env_vars" in msg
 
 
-@pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "RAY_AUTH_MODE", "VLLM_NO_USAGE_STATS",
-                                  "TOKENIZERS_PARALLELISM", "RAY_SERVE_HAPROXY_STATS_PORT", "KEYBOARD", "MONKEY"])
+@pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS",
+                                  "TOKENIZERS_PARALLELISM", "RAY_USAGE_STATS_ENABLED", "KEYBOARD", "MONKEY"])
 def test_ordinary_names_pass(name):
     assert not secret_name(name) and env_var_problem(name, "1", "x") is None
+
+
+# ---------------------------------------------------------------- settings the spec owns
+
+@pytest.mark.parametrize("name,field", [
+    ("RAY_AUTH_MODE", "auth.mode"), ("RAY_AUTH_TOKEN_PATH", "auth.token_path"), ("RAY_AUTH_TOKEN", "auth.mode"),
+    ("RAY_AUTH_SOMETHING_NEW", "auth.mode"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "provider.type"),
+    ("RAY_SERVE_ENABLE_HA_PROXY", "serve.ha_proxy"), ("RAY_SERVE_HAPROXY_STATS_PORT", "serve.haproxy_stats_port"),
+    ("RAY_SERVE_HAPROXY_METRICS_PORT", "serve.haproxy_metrics_port"),
+    ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "serve.replica_drain_s"),
+    ("RAY_PROMETHEUS_HOST", "metrics.prometheus_url"), ("RAY_GRAFANA_HOST", "metrics.grafana_url"),
+])
+def test_settings_rayworks_owns_are_refused_naming_the_spec_field(name, field):
+    msg = env_var_problem(name, "x", "runtime_env.env_vars")
+    assert msg.startswith(f"runtime_env.env_vars.{name}: rayworks sets {name}") and field in msg
+
+
+def test_spec_env_vars_cannot_switch_off_auth_or_loopback(tmp_path):
+    # The reviewer's spec: it loaded, auth.mode read token, and the head started without auth.
+    for env, needle in [({"RAY_AUTH_MODE": "disabled"}, "(auth.mode)"),
+                        ({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, "(provider.type")]:
+        with pytest.raises(ConfigError) as exc:
+            _spec(tmp_path, runtime_env={"env_vars": env})
+        assert needle in str(exc.value) and "runtime_env.env_vars." in str(exc.value)
+        assert "\n" not in str(exc.value)
+
+
+def test_job_env_vars_cannot_switch_off_auth(tmp_path):
+    from rayworks.config.jobs import load_job
+
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump({"kind": "prep", "name": "p", "inputs": [{"path": "x.jsonl"}],
+                                 "runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled"}}}))
+    with pytest.raises(ConfigError, match=r"runtime_env.env_vars.RAY_AUTH_MODE: .*\(auth.mode\)"):
+        load_job(p)
+
+
+def test_head_env_puts_what_the_spec_decides_last(tmp_path, monkeypatch):
+    from rayworks.cluster import local
+
+    spec = _spec(tmp_path)
+    # A spec changed after loading (no validation then) and a shell that says otherwise.
+    spec.runtime_env.env_vars.update({"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+                                      "RAY_SERVE_ENABLE_HA_PROXY": "0", "MY_SETTING": "kept"})
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env = local.head_env(spec)
+    assert (env["RAY_AUTH_MODE"], env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]) == ("token", "0")
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["MY_SETTING"] == "kept"
+    assert not hasattr(local, "LOOPBACK_ENV")  # one constant (auth.LOCAL_NODE_ENV), applied once
+
+
+def test_kuberay_pods_cannot_switch_off_what_the_spec_decides():
+    from rayworks.cluster import kuberay
+    from rayworks.config.cluster import load_cluster_spec
+
+    spec = load_cluster_spec(Path(__file__).resolve().parents[2] / "cluster" / "kubernetes.yaml")
+    spec.runtime_env.env_vars["RAY_AUTH_MODE"] = "disabled"  # changed after loading: caught at render
+    with pytest.raises(ConfigError, match=r"RAY_AUTH_MODE: .*\(auth.mode\)"):
+        kuberay.raycluster(spec)
 
 
 @pytest.mark.parametrize("value,why", [
@@ -51,8 +110,29 @@ def test_secret_looking_values_are_refused(value, why):
     assert value not in msg  # the error never echoes the secret
 
 
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
+
+@pytest.mark.parametrize("value,why", [
+    (JWT, "JSON Web Token"), (f"token={JWT}", "JSON Web Token"),
+    ("Bearer 0123456789abcdefABCDEF", "HTTP credential"),
+    ("Authorization: Bearer abcdefghijklmnopq", "HTTP credential"),
+    ("Basic dXNlcjpodW50ZXIy", "HTTP credential"),  # user:hunter2
+    ("https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0a1b2c", "pre-signed URL"),
+    ("https://storage.googleapis.com/b/o?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Signature=0a1b", "pre-signed URL"),
+    ("https://a.blob.core.windows.net/c/b?sv=2022-11-02&sp=r&sig=AbC%3D", "pre-signed URL"),
+    ("https://b.s3.amazonaws.com/k?AWSAccessKeyId=x&Expires=1&Signature=abc", "pre-signed URL"),
+])
+def test_tokens_headers_and_signed_urls_are_refused(value, why):
+    assert why in secret_value(value)
+    msg = env_var_problem("MODEL_URL", value, "runtime_env.env_vars")
+    assert "runtime_env.env_vars.MODEL_URL" in msg and "secret_env_vars" in msg and value not in msg
+
+
 @pytest.mark.parametrize("value", ["1", "postgres://db.internal:5432/x", "https://example.com/a:b@c",
-                                   "s3://bucket/path", "sk", "hf_hub", "/home/user/.cache", "user@example.com"])
+                                   "s3://bucket/path", "sk", "hf_hub", "/home/user/.cache", "user@example.com",
+                                   "Basic authentication", "Bearer tokens are checked", "https://example.com/?page=2",
+                                   "https://example.com/?design=a", "eyJ"])
 def test_ordinary_values_pass(value):
     assert secret_value(value) is None
 
@@ -175,6 +255,94 @@ def test_token_is_never_sent_to_a_listener_that_is_not_ray(tmp_path, monkeypatch
         srv.shutdown()
         srv.server_close()
     assert local.probe(spec) == "down"
+
+
+def _serve(handler) -> http.server.HTTPServer:
+    srv = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_job_client_checks_any_address_before_sending_the_token(tmp_path, monkeypatch):
+    from rayworks import submit
+
+    _Recorder.seen = []
+    srv = _serve(_Recorder)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "canary-token-0123456789")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # client() sets these in the process: restored after
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    url = f"http://127.0.0.1:{srv.server_port}"
+    try:
+        # `rayworks jobs --address URL` (no spec), and a spec whose own dashboard is elsewhere.
+        for spec in (None, _spec(tmp_path)):
+            with pytest.raises(ClusterError, match="does not answer like a Ray dashboard"):
+                submit.client(spec, url)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert _Recorder.seen and not any("canary" in json.dumps(h) for h in _Recorder.seen)
+
+
+class _RayShaped(http.server.BaseHTTPRequestHandler):
+    """Answers the two routes rayworks reads the way Ray's dashboard does; counts the listener checks."""
+
+    checks = 0
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/api/authentication_mode":
+            type(self).checks += 1
+            body = {"authentication_mode": "token"}
+        else:
+            body = {"data": []}
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *a):
+        pass
+
+
+def test_listener_check_runs_once_per_url_and_probe_always_checks(tmp_path, monkeypatch):
+    from rayworks.cluster import auth, local
+
+    tok = tmp_path / "tok"
+    tok.write_text("t" * 32)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    _RayShaped.checks = 0
+    srv = _serve(_RayShaped)
+    spec = _spec(tmp_path, dashboard={"port": srv.server_port}, auth={"token_path": str(tok)})
+    try:
+        for _ in range(3):
+            assert auth.bearer_header(spec) == {"Authorization": f"Bearer {'t' * 32}"}
+        assert _RayShaped.checks == 1  # one HTTP round trip and /proc scan per URL and process
+        assert local.probe(spec) == "up" and _RayShaped.checks == 2  # probe never trusts the cache
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert local.probe(spec) == "down"  # ... and a failed check empties it:
+    with pytest.raises(auth.DashboardDown):
+        auth.bearer_header(spec)
+
+
+def test_down_and_foreign_are_told_apart_by_type_not_text(tmp_path, monkeypatch):
+    from rayworks.cluster import auth
+
+    _Recorder.seen = []
+    srv = _serve(_Recorder)
+    try:
+        with pytest.raises(ClusterError) as exc:
+            auth.verify_url(f"http://127.0.0.1:{srv.server_port}")
+        assert not isinstance(exc.value, auth.DashboardDown)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(auth.DashboardDown):  # the port is free now
+        auth.verify_url(f"http://127.0.0.1:{srv.server_port}")
+    monkeypatch.setattr(auth, "listener_uids", lambda port: None)  # no /proc (not Linux): refused connect
+    with pytest.raises(auth.DashboardDown):
+        auth.verify_url(f"http://127.0.0.1:{srv.server_port}")
 
 
 # ---------------------------------------------------------------- keygen, Prometheus config

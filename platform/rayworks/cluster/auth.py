@@ -98,44 +98,88 @@ def listener_uids(port: int) -> set[int] | None:
     return uids
 
 
-def verify_dashboard(spec: ClusterSpec, timeout_s: float = 3.0) -> None:
-    """Checks that the dashboard URL is this user's Ray before any token goes there.
+class DashboardDown(ClusterError):
+    """Nothing accepts connections on the dashboard URL (the cluster is not running)."""
+
+
+# URLs verified in this process (see verify_url's ``cached``): the check costs an HTTP round trip
+# and, on loopback, a scan of /proc/net; `rayworks up`/`down` forget the URL of their cluster.
+_VERIFIED: set[str] = set()
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is localhost or a loopback address."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def forget_verified(url: str) -> None:
+    """Drops ``url`` from the per-process cache (its listener changed: a cluster went up or down)."""
+    _VERIFIED.discard(url.rstrip("/"))
+
+
+def verify_url(url: str, timeout_s: float = 3.0, cached: bool = False) -> None:
+    """Checks that the dashboard at ``url`` is this user's Ray before any token goes there.
 
     Whatever listens on the dashboard port would otherwise receive the cluster token (which
     lets it run code on the cluster). On loopback, the listening socket must belong to this
     user (another local user cannot squat the port and harvest it; a process of this user can
     read the token file anyway); and the server must answer Ray's unauthenticated
-    ``/api/authentication_mode`` like Ray does. A non-loopback host is the one the spec names.
+    ``/api/authentication_mode`` like Ray does. A remote host is only checked for the latter:
+    the token then crosses the network, which needs TLS or a tunnel (README, Security defaults).
+
+    Args:
+        url: the dashboard / Jobs API base URL.
+        timeout_s: for the HTTP check.
+        cached: skip the check when ``url`` already passed it in this process.
 
     Raises:
-        ClusterError: nothing answers, the listener belongs to another user, or it is not Ray.
+        DashboardDown: nothing listens there.
+        ClusterError: the listener belongs to another user, or it is not Ray.
     """
-    import ipaddress
     from urllib.parse import urlparse
 
     import requests
 
-    u = urlparse(spec.dashboard_url)
-    try:
-        loopback = u.hostname == "localhost" or ipaddress.ip_address(u.hostname).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
-        uids = listener_uids(u.port)
+    url = url.rstrip("/")
+    if cached and url in _VERIFIED:
+        return
+    _VERIFIED.discard(url)
+    port = urlparse(url).port or (443 if url.startswith("https:") else 80)
+    if is_loopback_url(url):
+        uids = listener_uids(port)
         if uids is not None and not uids:
-            raise ClusterError(f"nothing listens on {spec.dashboard_url}: is the cluster running "
-                               "(`rayworks up`, `rayworks status`)?")
+            raise DashboardDown(f"nothing listens on {url}: is the cluster running (`rayworks up`, `rayworks status`)?")
         if uids and uids != {os.getuid()}:
-            raise ClusterError(f"the process listening on {spec.dashboard_url} belongs to another user (uid "
-                               f"{sorted(uids)}); not sending the cluster token. Change dashboard.port in the spec")
+            raise ClusterError(f"the process listening on {url} belongs to another user (uid {sorted(uids)}); "
+                               "not sending the cluster token. Change dashboard.port in the spec")
     try:
-        r = requests.get(f"{spec.dashboard_url}/api/authentication_mode", timeout=timeout_s)
+        r = requests.get(f"{url}/api/authentication_mode", timeout=timeout_s)
         mode = r.json().get("authentication_mode") if r.status_code == 200 else None
+    except requests.exceptions.SSLError:
+        mode = None  # something answers, in a way Ray's dashboard does not
+    except requests.ConnectionError:
+        raise DashboardDown(f"nothing accepts connections on {url}: is the cluster running "
+                            "(`rayworks up`, `rayworks status`)?") from None
     except (requests.RequestException, ValueError, AttributeError):
         mode = None
     if mode is None:
-        raise ClusterError(f"{spec.dashboard_url} does not answer like a Ray dashboard; not sending the cluster "
+        raise ClusterError(f"{url} does not answer like a Ray dashboard; not sending the cluster "
                            "token. Is another program on that port? Change dashboard.port in the spec")
+    _VERIFIED.add(url)
+
+
+def verify_dashboard(spec: ClusterSpec, timeout_s: float = 3.0, cached: bool = False) -> None:
+    """:func:`verify_url` for the spec's dashboard."""
+    verify_url(spec.dashboard_url, timeout_s, cached)
 
 
 def bearer_header(spec: ClusterSpec | None, verify: bool = True) -> dict[str, str]:
@@ -143,12 +187,13 @@ def bearer_header(spec: ClusterSpec | None, verify: bool = True) -> dict[str, st
 
     Args:
         spec: the cluster spec (None: Ray's defaults).
-        verify: first check that the spec's dashboard is this user's Ray (:func:`verify_dashboard`).
+        verify: first check that the spec's dashboard is this user's Ray (:func:`verify_dashboard`;
+            once per URL and process).
     """
     if spec is not None and spec.auth.mode == "disabled":
         return {}
     if verify and spec is not None:
-        verify_dashboard(spec)
+        verify_dashboard(spec, cached=True)
     tok = os.environ.get("RAY_AUTH_TOKEN")
     if not tok:
         p = token_path(spec)

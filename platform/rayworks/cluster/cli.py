@@ -2,7 +2,7 @@
 
     rayworks cluster validate cluster/aws.yaml
     rayworks cluster render cluster/aws.yaml --target ray-up --out /tmp/rendered
-    rayworks cluster render cluster/kubernetes.yaml --target kuberay          # to stdout
+    rayworks cluster render cluster/kubernetes.yaml --target kuberay          # to stdout (+ NetworkPolicy)
     rayworks cluster render-all            # = make render: rewrites cluster/rendered/
     rayworks cluster render-all --check    # exit 1 when cluster/rendered/ is out of date
 """
@@ -34,17 +34,19 @@ def cmd_validate(a) -> int:
 
 
 def cmd_render(a) -> int:
-    from rayworks.cluster.render import display_path, render_file
+    from rayworks.cluster.render import display_path, render_files
 
     command = f"rayworks cluster render {display_path(a.spec)} --target {a.target}"
-    name, text = render_file(a.spec, a.target, command, a.out.rstrip("/") if a.out else ".")
+    files = render_files(a.spec, a.target, command, a.out.rstrip("/") if a.out else ".")
     if not a.out:
-        sys.stdout.write(text)
+        # One multi-document stream (`| kubectl apply -f -` applies the NetworkPolicy with the cluster).
+        sys.stdout.write("---\n".join(files.values()))
         return 0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text(text)
-    print(f"wrote {out / name}")
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(f"wrote {out / name}")
     return 0
 
 
@@ -73,11 +75,13 @@ def register(sub) -> None:
     v.add_argument("spec", help="cluster spec YAML, e.g. cluster/aws.yaml")
     v.set_defaults(func=cmd_validate)
 
-    r = csub.add_parser("render", help="render a spec to a `ray up` YAML or a KubeRay RayCluster")
+    r = csub.add_parser("render", help="render a spec to a `ray up` YAML, or a KubeRay RayCluster and its "
+                                       "NetworkPolicy")
     r.add_argument("spec", help="cluster spec YAML")
     r.add_argument("--target", required=True, choices=["ray-up", "kuberay"],
                    help="ray-up (aws, gcp specs) or kuberay (kubernetes specs)")
-    r.add_argument("--out", help="folder to write <spec>.<target>.yaml into (default: stdout)")
+    r.add_argument("--out", help="folder to write <spec>.<target>.yaml (and <spec>.networkpolicy.yaml) into "
+                                 "(default: stdout)")
     r.set_defaults(func=cmd_render)
 
     ra = csub.add_parser("render-all", help="regenerate every golden file under cluster/rendered/ (make render)")

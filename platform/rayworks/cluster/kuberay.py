@@ -22,6 +22,7 @@ and RayJob submitters (dashboard port) and anyone on the Serve port (guarded by 
 Serve API keys: a RayService whose serve job names ``auth.api_keys_file`` reads it from a
 Kubernetes Secret (``<cluster>-serve-api-keys``, key ``api_keys``) mounted read-only with mode
 0400 at :data:`SERVE_KEYS_DIR` on every Ray pod; ``api_keys_file`` is rewritten to that path.
+The pods' ``fsGroup`` is :data:`RAY_IMAGE_GID` (100, the group of ``ray`` in rayproject/ray).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ SERVE_KEYS_KEY = "api_keys"
 SERVE_KEYS_MODE = 0o400
 # Group of the `ray` user in rayproject/ray images (uid 1000, gid 100). Secret volume files are
 # root-owned; with fsGroup the kubelet gives the group read access (0400 becomes 0440, group
-# fsGroup), so only the Ray processes of the pod can read the key.
+# fsGroup), so only the Ray processes of the pod can read the key. An image of your own
+# (runtime_env.image) must run Ray as a member of group 100 too, or it cannot read the keys.
 RAY_IMAGE_GID = 100
 
 
@@ -87,9 +89,10 @@ def _resources(node: NodeType) -> dict:
 
 
 def _env(spec: ClusterSpec) -> list[dict]:
-    # Serve's ingress mode (read by the controller and proxies at start) on every pod, then the spec's own.
-    plain = {**spec.serve.node_env(), **spec.runtime_env.env_vars}
-    _check_env(plain, "runtime_env.env_vars")  # the spec may have been changed after loading
+    # The spec's own env vars, then Serve's ingress mode (read by the controller and proxies at
+    # start): what the spec's fields decide comes last. Auth is the operator's (authOptions).
+    _check_env(spec.runtime_env.env_vars, "runtime_env.env_vars")  # the spec may have been changed after loading
+    plain = {**spec.runtime_env.env_vars, **spec.serve.node_env()}
     env = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     # Secrets the spec names come from a Secret `<cluster>-env` that the operator of the
     # cluster creates; optional so a cluster without it still starts.

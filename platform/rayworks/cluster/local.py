@@ -25,13 +25,12 @@ from pathlib import Path
 
 import requests
 
-from rayworks.cluster.auth import LOCAL_NODE_ENV, auth_env, bearer_header, ensure_token, verify_dashboard
+from rayworks.cluster.auth import (DashboardDown, auth_env, bearer_header, ensure_token, forget_verified,
+                                   verify_dashboard)
 from rayworks.config.cluster import ClusterSpec
 from rayworks.errors import ClusterError, ConfigError
 
 STATE_DIR = Path(os.environ.get("RAYWORKS_HOME", Path.home() / ".rayworks")) / "clusters"
-# Ray's switch for a one-machine cluster: the node's address is 127.0.0.1 and nothing can join.
-LOOPBACK_ENV = LOCAL_NODE_ENV
 # Listeners of a local cluster that Ray 2.60 binds to all interfaces whatever the node address,
 # with why that is acceptable. Keys are what tests/integration/test_security_listeners.py allows.
 OFF_LOOPBACK = {
@@ -63,9 +62,11 @@ def probe(spec: ClusterSpec, timeout_s: float = 3.0) -> str:
     only sent after :func:`verify_dashboard` says it is.
     """
     try:
-        verify_dashboard(spec, timeout_s)
-    except ClusterError as exc:
-        return "down" if "nothing listens" in str(exc) or _refused(spec, timeout_s) else "foreign"
+        verify_dashboard(spec, timeout_s)  # never cached: probe is how a caller learns the listener changed
+    except DashboardDown:
+        return "down"
+    except ClusterError:
+        return "foreign"
     try:
         hdr = bearer_header(spec, verify=False)  # verified just above
     except ClusterError:
@@ -77,17 +78,6 @@ def probe(spec: ClusterSpec, timeout_s: float = 3.0) -> str:
     if r.status_code in (401, 403):
         return "auth"
     return "up" if r.status_code == 200 else "down"
-
-
-def _refused(spec: ClusterSpec, timeout_s: float) -> bool:
-    """True when nothing accepts connections on the dashboard URL."""
-    try:
-        requests.get(spec.dashboard_url, timeout=timeout_s)
-    except requests.ConnectionError:
-        return True
-    except requests.RequestException:
-        return False
-    return False
 
 
 def head_command(spec: ClusterSpec) -> list[str]:
@@ -114,19 +104,25 @@ def head_command(spec: ClusterSpec) -> list[str]:
 
 
 def head_env(spec: ClusterSpec) -> dict[str, str]:
+    """The environment of the local head's `ray start`.
+
+    What the spec decides (Serve's ingress, metrics, token auth and loopback binding) goes last,
+    so neither the shell's environment nor ``runtime_env.env_vars`` can change it (the spec
+    refuses those names at load, see ``rayworks.config.envcheck.OWNED``; this holds for a spec
+    changed after loading too).
+    """
     env = dict(os.environ)
     # Jobs run `python ...`: make that the interpreter rayworks runs under.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(auth_env(spec))
-    env.update(LOOPBACK_ENV)
     env.update({"RAY_USAGE_STATS_ENABLED": "0", "VLLM_NO_USAGE_STATS": "1",
                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    env.update(spec.serve.node_env())
     env.update(spec.runtime_env.env_vars)
+    env.update(spec.serve.node_env())
     if spec.metrics.prometheus_url:
         env["RAY_PROMETHEUS_HOST"] = spec.metrics.prometheus_url
     if spec.metrics.grafana_url:
         env["RAY_GRAFANA_HOST"] = spec.metrics.grafana_url
+    env.update(auth_env(spec))  # RAY_AUTH_MODE, the token path, and the loopback switch of a local node
     return env
 
 
@@ -136,6 +132,7 @@ def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
         raise ConfigError(f"`rayworks up` starts local clusters; spec {spec.name!r} is provider.type="
                           f"{spec.provider.type}. Render it (`rayworks cluster render`) and use `ray up` or KubeRay")
     ensure_token(spec)
+    forget_verified(spec.dashboard_url)
     status = probe(spec)
     if status == "up":
         st = read_state(spec) or {}
@@ -293,6 +290,7 @@ def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
             print(f"cluster {spec.name!r} is not running (stale state file, process group {st.get('pgid')} is not "
                   "this cluster's Ray); removed the state file, signalled nothing")
         return False
+    forget_verified(spec.dashboard_url)
     stop_process_group(st["pgid"], timeout_s)
     stop_session(st["pgid"], timeout_s)  # up's Popen(start_new_session=True): session id == pgid == pid
     _reap(st["pgid"])

@@ -9,6 +9,7 @@ Output is deterministic: keys sorted, no timestamps, no absolute local paths, no
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import yaml
@@ -86,41 +87,78 @@ def _header(kind: str, source: str, command: str, usage: list[str]) -> list[str]
             f"{kind}. Regenerate with {again} after changing the spec or the renderer.", ""] + usage
 
 
-def _usage(target: str, spec: ClusterSpec, out_name: str, where: str = RENDERED) -> list[str]:
+def shell_path(path: str | Path) -> str:
+    """A local file path for a command in a header: the home folder as ``$HOME``, the rest quoted.
+
+    No absolute path of this machine goes into a rendered file, and a path with spaces or quotes
+    still pastes into a shell as one argument.
+    """
+    text = str(path)
+    home = str(Path.home())
+    for prefix in ("~/", home.rstrip("/") + "/"):
+        if text.startswith(prefix):
+            rest = text[len(prefix):]
+            return f"$HOME/{rest}" if shlex.quote(rest) == rest else f'"$HOME"/{shlex.quote(rest)}'
+    return shlex.quote(text)
+
+
+def policy_name(spec_path: str | Path) -> str:
+    """File name of the NetworkPolicy rendered beside a kubernetes spec's manifests."""
+    return f"{Path(spec_path).stem}.networkpolicy.yaml"
+
+
+def _usage(target: str, spec: ClusterSpec, out_name: str, where: str = RENDERED,
+           policy: str | None = None) -> list[str]:
+    """Header lines saying how to use a rendered file (``policy``: the NetworkPolicy to apply with it)."""
+    token = shell_path(spec.auth.token_path or "~/.ray/auth_token")
     if target == "ray-up":
         return [f"Launch:    ray up {where}/{out_name}",
                 f"Dashboard: ray dashboard {where}/{out_name}   (tunnels {spec.dashboard.port} over SSH)",
-                "Auth:      nodes get your local ~/.ray/auth_token through file_mounts (the path, never the value)."]
+                f"Auth:      nodes get your local {token.replace('$HOME', '~')} through file_mounts (the path, "
+                "never the value)."]
     return [f"Secret:    kubectl -n {spec.provider.namespace} create secret generic {spec.auth.k8s_secret_name} "
-            "--from-file=auth_token=$HOME/.ray/auth_token",
-            f"Apply:     kubectl apply -f {where}/{out_name}"]
+            f"--from-file=auth_token={token}",
+            f"Apply:     kubectl apply -f {where}/{policy} -f {where}/{out_name}   (the NetworkPolicy first)"
+            if policy else f"Apply:     kubectl apply -f {where}/{out_name}"]
 
 
-def serve_keys_usage(spec: ClusterSpec, job) -> list[str]:
-    """The header line that creates the Serve API-key Secret a RayService mounts (if it uses a key file)."""
+def serve_keys_usage(spec: ClusterSpec, keys_file: str | None) -> list[str]:
+    """The header line that creates the Serve API-key Secret a RayService mounts (if it uses a key file).
+
+    Args:
+        spec: the kubernetes spec.
+        keys_file: the serve job's ``auth.api_keys_file`` as written on this machine (the file the
+            Secret is made from), or None when the job takes its keys from an env var.
+    """
     from rayworks.cluster.kuberay import SERVE_KEYS_KEY, serve_keys_secret
 
-    if not job.auth.api_keys_file:
+    if not keys_file:
         return []
     return [f"Keys:      kubectl -n {spec.provider.namespace} create secret generic {serve_keys_secret(spec)} "
-            f"--from-file={SERVE_KEYS_KEY}=$HOME/.rayworks/serve_api_keys   (`rayworks serve keygen` makes one)"]
+            f"--from-file={SERVE_KEYS_KEY}={shell_path(keys_file)}   (`rayworks serve keygen` makes one)"]
 
 
-def render_file(spec_path: str | Path, target: str | None, command: str, where: str = RENDERED) -> tuple[str, str]:
-    """(file name, YAML text) for one spec file.
+def render_files(spec_path: str | Path, target: str | None, command: str, where: str = RENDERED) -> dict[str, str]:
+    """{file name: YAML text} for one spec file: the cluster, and for kuberay its NetworkPolicy.
 
     Args:
         spec_path: the cluster spec YAML.
         target: ray-up or kuberay; None picks the spec's natural one.
         command: the command named in the header.
-        where: the folder the file will be in, for the usage lines of the header.
+        where: the folder the files will be in, for the usage lines of the header.
     """
     spec = load_cluster_spec(spec_path)
     target = target or default_target(spec)
     suffix, doc = render_spec(spec, target)
     name = f"{Path(spec_path).stem}.{suffix}"
     kind = "Ray cluster-launcher config for `ray up`" if target == "ray-up" else "KubeRay RayCluster"
-    return name, to_yaml(doc, _header(kind, display_path(spec_path), command, _usage(target, spec, name, where)))
+    # Ray's ports listen on every pod interface: a KubeRay cluster goes with its NetworkPolicy.
+    policy = policy_name(spec_path) if target == "kuberay" else None
+    usage = _usage(target, spec, name, where, policy)
+    out = {name: to_yaml(doc, _header(kind, display_path(spec_path), command, usage))}
+    if policy:
+        out.update(network_policy(Path(spec_path), spec, where, command))
+    return out
 
 
 class _Portable:
@@ -183,7 +221,7 @@ def job_manifests(spec_path: Path, spec: ClusterSpec, configs: Path | None = Non
             name = f"{stem}.rayjob-{cfg.stem}.yaml"
             doc = rayjob(spec, str(data.get("name") or cfg.stem), entry, env)
             header = _header("KubeRay RayJob", f"{spec_rel} + {rel}", RENDER_ALL_CMD,
-                             _usage("kuberay", spec, name) + [NEEDS_PROJECT])
+                             _usage("kuberay", spec, name, policy=policy_name(spec_path)) + [NEEDS_PROJECT])
             out[name] = to_yaml(doc, header)
         elif kind == "serve" and cfg.name == "serve.yaml":
             try:
@@ -194,6 +232,7 @@ def job_manifests(spec_path: Path, spec: ClusterSpec, configs: Path | None = Non
             from rayworks.config.jobs import load_job
 
             job = load_job(cfg, [f"cluster={spec_path.resolve()}"])
+            keys_file = job.auth.api_keys_file  # this machine's file, which the Secret is created from
             # Re-home local paths (the laptop's storage, home, checkout) onto the cluster's.
             port = _Portable(spec)
             job = type(job).model_validate(port(job.model_dump(mode="json")))
@@ -204,18 +243,20 @@ def job_manifests(spec_path: Path, spec: ClusterSpec, configs: Path | None = Non
                 renv["pip"] = base_pip + [p for p in renv.get("pip", []) if p not in base_pip]
             doc = rayservice(spec, job.name, app)
             header = _header("KubeRay RayService", f"{spec_rel} + {rel}", RENDER_ALL_CMD,
-                             _usage("kuberay", spec, name) + serve_keys_usage(spec, job) + [NEEDS_PROJECT])
+                             _usage("kuberay", spec, name, policy=policy_name(spec_path))
+                             + serve_keys_usage(spec, keys_file) + [NEEDS_PROJECT])
             out[name] = to_yaml(doc, header)
     return out
 
 
-def network_policy(spec_path: Path, spec: ClusterSpec, where: str = RENDERED) -> dict[str, str]:
+def network_policy(spec_path: Path, spec: ClusterSpec, where: str = RENDERED,
+                   command: str = RENDER_ALL_CMD) -> dict[str, str]:
     """{file name: YAML} of the NetworkPolicy for a kubernetes spec's Ray pods."""
     from rayworks.cluster.kuberay import networkpolicy
 
-    name = f"{spec_path.stem}.networkpolicy.yaml"
+    name = policy_name(spec_path)
     header = _header("Kubernetes NetworkPolicy for the Ray pods of every RayCluster/RayJob/RayService of this spec",
-                     display_path(spec_path), RENDER_ALL_CMD,
+                     display_path(spec_path), command,
                      [f"Apply:     kubectl apply -f {where}/{name}   (before the Ray manifests; needs a CNI that "
                       "enforces NetworkPolicy)"])
     return {name: to_yaml(networkpolicy(spec), header)}
@@ -231,12 +272,10 @@ def render_all() -> dict[str, str]:
     """Every golden file: {file name under cluster/rendered/: text}."""
     out: dict[str, str] = {}
     for p in shipped_specs():
-        name, text = render_file(p, None, RENDER_ALL_CMD)
-        out[name] = text
+        out.update(render_files(p, None, RENDER_ALL_CMD))
         spec = load_cluster_spec(p)
         if spec.provider.type == "kubernetes":
             out.update(job_manifests(p, spec))
-            out.update(network_policy(p, spec))
     return dict(sorted(out.items()))
 
 
