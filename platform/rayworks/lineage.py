@@ -90,7 +90,7 @@ def chain(start: str, storage_uri: str | None = None) -> list[dict]:
             raise ConfigError(f"{start}: not a manifest, artifact dir or known model id")
         path = find_model(start, storage_uri)
     nodes: list[dict] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # manifest path -> kind: each manifest's outputs are hashed once per walk
 
     def walk(p: str, expected: str | None, depth: int, role: str | None, files: list[dict] | None) -> None:
         node: dict = {"depth": depth, "path": p, "what": role, "status": "ok"}
@@ -114,12 +114,18 @@ def chain(start: str, storage_uri: str | None = None) -> list[dict]:
         if expected and expected != sha:
             node["status"] = f"MISMATCH (recorded {expected[:12]})"
             problems.append(f"{mpath}: sha256 differs from the recorded {expected[:12]}")
+        if mpath in seen:  # reached before (e.g. two inputs share a prep): its files were verified there
+            node.update(kind=seen[mpath], facts="(verified above)")
+            if problems:
+                node["problems"] = problems
+            return
         try:
             man = artifacts.parse(data, mpath)
         except artifacts.ManifestError as exc:
             node.update(kind="manifest", status="INVALID", problems=problems + [str(exc)])
             return
         node.update(kind=man["kind"], facts=_facts(man))
+        seen[mpath] = man["kind"]
         bad = artifacts.verify_outputs(storage.parent_of(mpath), man)
         if bad:
             problems += bad
@@ -127,9 +133,6 @@ def chain(start: str, storage_uri: str | None = None) -> list[dict]:
                 node["status"] = f"CHANGED ({len(bad)} files)"
         if problems:
             node["problems"] = problems
-        if mpath in seen:
-            return
-        seen.add(mpath)
         for inp in man.get("inputs") or []:
             walk(inp["path"], inp.get("sha256"), depth + 1, inp.get("role"), inp.get("files"))
 

@@ -6,9 +6,26 @@ Contracts every job relies on:
 - ``write_bytes`` is atomic: locally the bytes go to a temporary sibling that is fsynced and
   renamed over the final name, so a reader (or a crash, or a full disk) sees the old file or
   the new one, never part of one. On object stores a single PUT is already all-or-nothing.
-- ``publish_dir`` replaces a whole folder only once its new version is complete (see there).
+- ``publish_dir`` replaces a whole folder only once its new version is complete, and only a
+  folder rayworks made (``MARKER`` or a manifest in it): never a user's folder.
 - Temporaries carry ``TMP_TAG`` in their name; ``cleanup_temporaries`` removes what a killed
   writer left behind, and ``list_files`` never returns them.
+- Large files are copied in chunks (``copy_file``, ``copy_dir``), never held whole in memory;
+  ``read_bytes``/``write_bytes`` are for manifests, markers and other small files.
+
+Object stores (s3://, gs://) have no rename, and this layer does not pretend otherwise:
+
+- A single file write is one PUT, so it is all-or-nothing, but the folder it lands in is not
+  fsynced or versioned.
+- Replacing a published folder (``publish_dir``) is NOT atomic there. Its manifest is deleted
+  first, so while the new version uploads, and forever if the upload fails midway, readers
+  see an incomplete artifact (no manifest) instead of a mix; the previous version is gone as
+  soon as its first file is overwritten. Keep an artifact you cannot lose under its own
+  output URI (a new job name per version) or turn on bucket versioning.
+- ``cleanup_temporaries`` does nothing there (nothing is staged on an object store).
+
+Nothing here supports two runs writing the same output at once: ``cleanup_temporaries``
+removes every temporary it finds, including those of a writer that is still running.
 """
 
 from __future__ import annotations
@@ -18,8 +35,13 @@ import json
 import os
 import uuid
 
+from rayworks.errors import ConfigError
+
 TMP_TAG = ".rwtmp-"  # a file or folder being written
 OLD_TAG = ".rwold-"  # a published folder's previous version, removed once the new one is in place
+MARKER = ".rayworks"  # written first into every folder rayworks creates (rayworks.artifacts.mark)
+# An artifact's manifest, and the name older exports used for it.
+MANIFEST_NAMES = ("manifest.json", "rayworks_export.json")
 
 
 def is_uri(path: str) -> bool:
@@ -141,6 +163,57 @@ def write_bytes(path: str, data: bytes) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+    _fsync_dir(parent)
+
+
+def _fsync_dir(local_dir: str) -> None:
+    """Makes a rename in ``local_dir`` durable (a crash right after it cannot bring the old name back)."""
+    try:
+        fd = os.open(local_dir, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and all of Windows) cannot fsync a folder; the rename still happened
+    finally:
+        os.close(fd)
+
+
+def copy_file(src: str, dst: str, chunk: int = 8 << 20) -> None:
+    """Copies one file in ``chunk``-byte pieces (any two of local / s3 / gs), so size is no memory limit.
+
+    A local ``dst`` is written like ``write_bytes``: temporary sibling, fsync, rename.
+    """
+    sf, sp = filesystem(src)
+    df, dp = filesystem(dst)
+    parent = dp.rsplit("/", 1)[0]
+    df.create_dir(parent, recursive=True)
+    target = dp if is_remote(dst) else f"{parent}/.{dp.rsplit('/', 1)[1]}{TMP_TAG}{uuid.uuid4().hex[:8]}"
+    try:
+        with sf.open_input_stream(sp) as fin:
+            if is_remote(dst):
+                with df.open_output_stream(target) as fout:
+                    _pump(fin, fout, chunk)
+                return
+            with open(target, "wb") as fout:
+                _pump(fin, fout, chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+        os.replace(target, dp)
+    except BaseException:
+        if not is_remote(dst):
+            _remove_quietly(target)
+        raise
+    _fsync_dir(parent)
+
+
+def _pump(fin, fout, chunk: int) -> None:
+    while True:
+        b = fin.read(chunk)
+        if not b:
+            return
+        fout.write(b)
 
 
 def _remove_quietly(local_path: str) -> None:
@@ -231,8 +304,7 @@ def local_copy(path: str, dest: str, names: list[str] | None = None) -> str:
     for f in list_files(path):
         base = name_of(f)
         if names is None or base in names:
-            with open(os.path.join(dest, base), "wb") as out:
-                out.write(read_bytes(f))
+            copy_file(f, os.path.join(os.path.abspath(dest), base))
     return dest
 
 
@@ -241,8 +313,40 @@ def temp_sibling(path: str) -> str:
     return join(parent_of(path), f".{name_of(path)}{TMP_TAG}{uuid.uuid4().hex[:8]}")
 
 
+def is_claimed(folder: str) -> bool:
+    """True when rayworks made ``folder``: it holds ``MARKER``, or a manifest (JSON with a ``kind``)."""
+    if exists(join(folder, MARKER)):
+        return True
+    for name in MANIFEST_NAMES:
+        try:
+            m = json.loads(read_bytes(join(folder, name)))
+        except (FileNotFoundError, ValueError):
+            continue
+        if isinstance(m, dict) and isinstance(m.get("kind"), str):
+            return True
+    return False
+
+
+def _check_replaceable(dst: str) -> None:
+    """Refuses to replace anything but a missing or empty folder, or one rayworks made."""
+    from pyarrow import fs as pafs
+
+    fs, p = filesystem(dst)
+    kind = fs.get_file_info(p).type
+    if kind == pafs.FileType.NotFound:
+        return
+    if kind != pafs.FileType.Directory:
+        raise ConfigError(f"{dst} is a file, not an artifact folder; rayworks will not replace it")
+    if fs.get_file_info(pafs.FileSelector(p)) and not is_claimed(dst):
+        raise ConfigError(f"{dst} is a non-empty folder that rayworks did not create (no {MARKER} marker "
+                              "or manifest); rayworks will not replace it. Give an empty or new folder")
+
+
 def publish_dir(src: str, dst: str, last: str | None = "manifest.json") -> None:
     """Puts the complete folder ``src`` at ``dst``; the old ``dst`` goes only after the new one is in.
+
+    ``dst`` must be missing, empty, or a folder rayworks made (``is_claimed``): this is the
+    last guard against replacing a user's folder, behind each job's own output check.
 
     Local disks: ``src`` is copied into a temporary sibling of ``dst`` (or used as is when it
     already is one), then the old folder is renamed aside, the new one renamed into place and
@@ -250,21 +354,27 @@ def publish_dir(src: str, dst: str, last: str | None = "manifest.json") -> None:
     holds part of either version; a crash between them leaves the old version under an
     ``OLD_TAG`` name, which ``cleanup_temporaries`` puts back.
 
-    Object stores have no rename: the old manifest (``last``) is deleted first, so a reader
-    never takes a half-replaced folder for complete, the files are uploaded, files the new
-    version lacks are deleted and ``last`` is written at the end.
+    Object stores have no rename, so this is not atomic there (see the module docstring):
+    the old manifest (``last``) is deleted first, so a reader never takes a half-replaced
+    folder for complete, the files are streamed up one by one, files the new version lacks
+    are deleted and ``last`` is written at the end. A failure midway leaves an incomplete
+    folder (no manifest) and the old version lost.
+
+    Raises:
+        ConfigError: ``dst`` is a file, or a non-empty folder rayworks did not make.
     """
+    _check_replaceable(dst)
     if is_remote(dst):
         if last:
             delete_file(join(dst, last))
         new = {f[len(src.rstrip("/")) + 1:] for f in list_files(src, recursive=True)}
         for rel in sorted(new - {last}):
-            write_bytes(join(dst, rel), read_bytes(join(src, rel)))
+            copy_file(join(src, rel), join(dst, rel))
         for f in list_files(dst, recursive=True):
             if f[len(dst.rstrip("/")) + 1:] not in new:
                 delete_file(f)
         if last and last in new:
-            write_bytes(join(dst, last), read_bytes(join(src, last)))
+            copy_file(join(src, last), join(dst, last))
         return
     _, d = filesystem(dst)
     _, s = filesystem(src) if not is_remote(src) else (None, None)
@@ -289,6 +399,7 @@ def publish_dir(src: str, dst: str, last: str | None = "manifest.json") -> None:
         if old:
             os.replace(old, d)
         raise
+    _fsync_dir(parent)
     if old:
         delete_dir(old)
 
@@ -297,7 +408,9 @@ def cleanup_temporaries(folder: str) -> list[str]:
     """Removes leftovers of interrupted writes in ``folder`` and below; returns what it removed.
 
     A previous version set aside by an interrupted ``publish_dir`` is put back when its
-    folder is missing, and deleted otherwise.
+    folder is missing, and deleted otherwise. Every temporary counts as a leftover, also one
+    a writer is still writing: call this only where no other run writes the same output
+    (each job calls it once, at its start, on its own output).
     """
     if is_remote(folder):
         return []

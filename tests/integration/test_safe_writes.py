@@ -1,8 +1,9 @@
 """Reruns never cost the last good output: the prep job on the session's Ray cluster.
 
 A rerun with another config over a complete output builds beside it and replaces it only
-once complete; a rerun that fails midway leaves the old output byte for byte (unit-level
-byte-N failures of every writer are tests/unit/test_safe_writes.py's).
+once complete; a rerun that fails midway leaves the old output byte for byte; a rerun of the
+same config checks the output's sizes before calling it complete, and removes a build folder
+no run will resume (unit-level byte-N failures of every writer are tests/unit/test_safe_writes.py's).
 """
 
 from __future__ import annotations
@@ -52,3 +53,19 @@ def test_failed_and_successful_reruns_over_a_good_prep_output(ray_on_cluster, tm
     assert artifacts.read(str(out)) == second and artifacts.verify_outputs(str(out), second) == []
     assert sorted(p.name for p in out.parent.iterdir()) == ["safe"]
     assert not (out / "_work").exists()
+
+    # The same config over a damaged output: sizes are checked before "nothing to do", so it is rebuilt.
+    shard = out / second["splits"]["train"]["shards"][0]["name"]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    assert artifacts.verify_outputs(str(out), second, hashes=False)
+    third = run(_job(d2))
+    assert third["config_hash"] == second["config_hash"] and artifacts.verify_outputs(str(out), third) == []
+    assert sorted(p.name for p in out.parent.iterdir()) == ["safe"]
+
+    # A build folder left by an interrupted rebuild goes once no run will resume it; the output stays.
+    stale = out.parent / ".safe.rwbuild"
+    (stale / "_work").mkdir(parents=True)
+    artifacts.mark(str(stale), "prep")
+    good = _tree(out)
+    assert run(_job(d2)) == third and _tree(out) == good
+    assert sorted(p.name for p in out.parent.iterdir()) == ["safe"]

@@ -113,5 +113,54 @@ def test_identity_is_the_manifest_hash_or_a_hash_of_the_files(tmp_path):
     assert artifacts.identity(str(plain)) != before
 
 
-def test_default_output_is_storage_kind_name():
-    assert artifacts.default_output("s3://b/root/", "prep", "x") == "s3://b/root/prep/x"
+@pytest.mark.parametrize("claim", ["marker", "manifest"])
+def test_output_dir_refuses_another_kind_of_artifact(tmp_path, claim):
+    root, m = _artifact(tmp_path / "prep")  # a complete prep output
+    if claim == "manifest":  # an older output: no marker, its manifest says the kind
+        os.unlink(root / artifacts.MARKER)
+    before = sorted(p.name for p in root.rglob("*"))
+    with pytest.raises(ConfigError, match=r"output.uri: .* holds an artifact of kind 'prep'; a generate job will not"):
+        artifacts.check_output_dir(str(root), None, "output.uri", kind="generate")
+    artifacts.check_output_dir(str(root), None, "output_uri", kind="prep")  # its own kind: a rerun may replace it
+    assert artifacts.kind_of(str(root)) == "prep" and sorted(p.name for p in root.rglob("*")) == before
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        artifacts.check_output_dir(str(tmp_path / "f"), None, "out", kind="export")
+
+
+def test_versions_come_from_one_table_per_kind():
+    assert set(artifacts.versions()) >= {"ray", "pyarrow"}
+    assert "tokenizers" in artifacts.versions("prep") and "tokenizers" not in artifacts.versions("generate")
+    assert "transformers" in artifacts.versions("export") and "torch" in artifacts.versions("train")
+
+
+def test_discard_build_removes_only_a_marked_build_folder(tmp_path):
+    out = tmp_path / "prep" / "p"
+    build = Path(artifacts.build_dir(str(out)))
+    assert build == tmp_path / "prep" / ".p.rwbuild"
+    build.mkdir(parents=True)
+    (build / "notes.txt").write_text("a user's folder that happens to have this name")
+    assert artifacts.discard_build(str(out)) is False and (build / "notes.txt").exists()
+    artifacts.mark(str(build), "prep")
+    assert artifacts.discard_build(str(out)) is True and not build.exists()
+    assert artifacts.discard_build(str(out)) is False
+
+
+def test_ref_identity_equals_identity_without_hashing_twice(tmp_path):
+    root, _ = _artifact(tmp_path / "a")
+    plain = tmp_path / "hf"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    for folder in (root, plain):
+        assert artifacts.ref_identity(artifacts.input_ref("model", str(folder))) == artifacts.identity(str(folder))
+
+
+def test_a_foreign_folder_named_like_a_build_folder_is_neither_discarded_nor_used(tmp_path):
+    out = tmp_path / "generate" / "g"
+    build = Path(artifacts.build_dir(str(out)))
+    build.mkdir(parents=True)
+    (build / "mine.txt").write_text("keep")
+    assert artifacts.discard_build(str(out)) is False
+    with pytest.raises(ConfigError, match="did not create"):
+        artifacts.check_output_dir(str(build), None, "output.uri (its build folder)", kind="generate")
+    assert (build / "mine.txt").read_text() == "keep"

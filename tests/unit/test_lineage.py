@@ -123,3 +123,27 @@ def test_a_truncated_manifest(chain):
     # Reached from the export, the truncated prep manifest also fails its recorded sha256.
     r = _fails_naming(chain, chain["export"], str(m), "INVALID")
     assert f"{m}: sha256 differs from the recorded" in r.stdout
+
+
+def test_a_manifest_reached_twice_is_verified_once(chain, monkeypatch):
+    """Two served models from one export: the export's files are hashed once, its second node says so."""
+    from rayworks import lineage as lin
+
+    serve = chain["gen"].parent.parent / "serve" / "s"
+    serve.mkdir(parents=True)
+    ref = artifacts.input_ref("model", str(chain["export"]))
+    _write_manifest(serve, "serve", [{**ref, "model": "a"}, {**ref, "model": "b"}])
+    weights = str(chain["export"] / "model.safetensors")
+    hashed = []
+    real = storage.sha256_file
+
+    def spy(path, *a, **kw):  # counts, then hashes for real
+        hashed.append(path)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(storage, "sha256_file", spy)
+    nodes = lin.chain(str(serve))
+    assert hashed.count(weights) == 1
+    exports = [n for n in nodes if n["kind"] == "export"]
+    assert len(exports) == 2 and [n["status"] for n in exports] == ["ok", "ok"]
+    assert exports[1]["facts"] == "(verified above)"

@@ -47,6 +47,8 @@ os.makedirs(src, exist_ok=True)
 for name in ("model.safetensors", "config.json", "manifest.json"):
     with open(f"{src}/{name}", "wb") as f:
         f.write(bytes([SEED]) * 3000)
+with open(f"{src}/.rayworks", "w") as f:  # the export's marker: publish_dir replaces only what rayworks made
+    f.write('{"kind": "export"}')
 LIMIT()
 storage.publish_dir(src, f"{root}/export")
 """
@@ -172,3 +174,136 @@ def test_jobs_refuse_root_home_and_foreign_folders_before_any_work(tmp_path, kin
         (prep_run if kind == "prep" else generate_run)(job)
     if "mine" in out:
         assert os.listdir(out) == ["notes.txt"]
+
+
+def _export_like(folder: Path) -> Path:
+    """A folder as train/export.py leaves it: marker (kind export), weights, manifest."""
+    from rayworks import artifacts
+
+    folder.mkdir(parents=True)
+    artifacts.mark(str(folder), "export")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    storage.write_json(str(folder / "manifest.json"),
+                       artifacts.build("export", "e", None, [], artifacts.describe_files(str(folder)), {}))
+    return folder
+
+
+def test_generate_refuses_an_export_folder_as_its_output_by_kind(tmp_path):
+    from rayworks.errors import ConfigError
+    from rayworks.generate.job import run as generate_run
+
+    export = _export_like(tmp_path / "store" / "train" / "t" / "export")
+    before = _tree(export)
+    job = _generate_job(tmp_path, str(export))  # output.overwrite: true
+    with pytest.raises(ConfigError, match="output.uri: .* holds an artifact of kind 'export'; a generate job"):
+        generate_run(job)
+    assert _tree(export) == before
+
+
+@pytest.mark.parametrize("out", ["user", "cwd", "prep"])
+def test_export_refuses_a_folder_it_must_not_replace_before_any_work(tmp_path, out):
+    """`rayworks export CKPT OUT`: OUT is replaced whole, so a user's folder, `.` or another kind is refused."""
+    from rayworks import artifacts
+
+    work = tmp_path / "work"
+    work.mkdir()
+    target = {"user": tmp_path / "mine", "cwd": work, "prep": tmp_path / "prep"}[out]
+    target.mkdir(exist_ok=True)
+    (target / "notes.txt").write_text("the user's own file")
+    if out == "prep":
+        artifacts.mark(str(target), "prep")
+    ckpt = tmp_path / "ckpt"  # never read: the output check comes first
+    ckpt.mkdir()
+    dest = "." if out == "cwd" else str(target)
+    r = subprocess.run([sys.executable, "-m", "rayworks.cli", "export", str(ckpt), dest],
+                       capture_output=True, text=True, timeout=120, cwd=work)
+    assert r.returncode != 0
+    why = {"user": "did not create", "cwd": "the current folder", "prep": "holds an artifact of kind 'prep'"}[out]
+    assert "out: " in r.stderr + r.stdout and why in r.stderr + r.stdout, r.stderr[-2000:]
+    assert (target / "notes.txt").read_text() == "the user's own file"
+    assert "torch" not in r.stderr  # refused before the heavy imports, not by a failure inside them
+
+
+def _stage0_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A ZeRO-0 checkpoint as the training loop writes it (tiny Llama), and a tokenizer folder."""
+    import json
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rayworks.train.loop import CKPT_TAG, MODEL_CONFIG_FILE, STATE_FILE
+    from tests.tinymodel import make_tokenizer
+
+    tok = tmp_path / "tok"
+    make_tokenizer(tok, vocab_size=300)
+    cfg = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64,
+           "tie_word_embeddings": False}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    ckpt = tmp_path / "ckpt"
+    (ckpt / CKPT_TAG).mkdir(parents=True)
+    torch.save({"module": model.state_dict()}, ckpt / CKPT_TAG / "mp_rank_00_model_states.pt")
+    (ckpt / MODEL_CONFIG_FILE).write_text(json.dumps(cfg))
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": 3, "run_name": "t"}))
+    return ckpt, tok
+
+
+def test_export_marks_its_folder_and_a_rerun_replaces_it(tmp_path):
+    """The published export carries the marker (kind export), so the next export may replace it."""
+    from rayworks import artifacts
+    from rayworks.train.export import export_checkpoint
+
+    ckpt, tok = _stage0_checkpoint(tmp_path)
+    out = tmp_path / "store" / "export"
+    first = export_checkpoint(str(ckpt), str(out), tokenizer_dir=str(tok), dtype="float32")
+    assert artifacts.kind_of(str(out)) == "export" and (out / artifacts.MARKER).is_file()
+    assert artifacts.verify_outputs(str(out), first) == []
+    (out / "stale-extra.bin").write_bytes(b"from an older export")
+    second = export_checkpoint(str(ckpt), str(out), tokenizer_dir=str(tok), dtype="float32")
+    assert not (out / "stale-extra.bin").exists() and artifacts.verify_outputs(str(out), second) == []
+    assert sorted(p.name for p in out.parent.iterdir()) == ["export"]  # nothing set aside or staged is left
+
+
+def test_serve_manifest_follows_the_artifact_contract(tmp_path):
+    from rayworks import artifacts
+    from rayworks.config.jobs import load_job
+    from rayworks.errors import ConfigError
+    from rayworks.serve import manifest as mf
+
+    root = _setup(tmp_path, "serve")
+    job = load_job(str(tmp_path / "serve.yaml"))
+    m = mf.build(job, {"applications": []}, "http://127.0.0.1:8000", {"tiny": "HEALTHY"}, 3.0)
+    where = mf.write(job, m)
+    folder = root / "serve" / "t"
+    assert where == str(folder / "manifest.json") and artifacts.kind_of(str(folder)) == "serve"
+    assert (folder / artifacts.MARKER).is_file()
+    got = mf.read(str(root), "t")
+    assert got == m and artifacts.Manifest.model_validate(got).outputs == []
+    assert got["inputs"] == [{"role": "model", "path": str(tmp_path / "export"), "sha256": None, "model": "tiny",
+                              "source": str(tmp_path / "export")}]
+    assert set(got["versions"]) >= {"ray", "pyarrow"} and mf.list_names(str(root)) == ["t"]
+    # A folder of another kind under that name is not the serve job's to write into.
+    (folder / artifacts.MARKER).write_text('{"kind": "generate"}')
+    with pytest.raises(ConfigError, match="holds an artifact of kind 'generate'"):
+        mf.write(job, m)
+
+
+def test_prep_calls_an_output_complete_only_while_its_files_match_the_manifest(tmp_path):
+    """Same config and inputs: "nothing to do" only if every listed file still has its size; else rebuild."""
+    from rayworks import artifacts
+    from rayworks.data.job import _target
+
+    out = tmp_path / "prep" / "p"
+    (out / "train").mkdir(parents=True)
+    artifacts.mark(str(out), "prep")
+    (out / "train" / "part-00000.parquet").write_bytes(b"PAR1 shard PAR1")
+    inputs = [{"role": "corpus", "path": "/c.jsonl", "sha256": "00", "size_bytes": 3}]
+    storage.write_json(str(out / "manifest.json"),
+                       artifacts.build("prep", "p", "h1", inputs, artifacts.describe_files(str(out)), {}))
+    assert _target(str(out), "h1", inputs) is None
+    assert _target(str(out), "h2", inputs) == artifacts.build_dir(str(out))  # another config: beside it
+    (out / "train" / "part-00000.parquet").write_bytes(b"PAR1 sha")  # truncated
+    assert _target(str(out), "h1", inputs) == artifacts.build_dir(str(out))
+    (out / "train" / "part-00000.parquet").unlink()
+    assert _target(str(out), "h1", inputs) == artifacts.build_dir(str(out))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 
 from rayworks import storage
+from rayworks.errors import ConfigError
 
 
 def test_missing_file_raises_file_not_found_everywhere(tmp_path):
@@ -70,6 +72,7 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "old.txt").write_text("old")
+    (dst / storage.MARKER).write_text('{"kind": "export"}')
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "w.bin").write_bytes(b"w")
@@ -77,6 +80,56 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
     storage.publish_dir(str(src), str(dst))
     assert _tree(dst) == {"sub/w.bin": b"w", "manifest.json": b"{}"}
     assert sorted(os.listdir(tmp_path)) == ["out", "src"]  # src copied (not a sibling build), no leftovers
+
+
+@pytest.mark.parametrize("claim", [None, "marker", "manifest", "bad-manifest"])
+def test_publish_dir_replaces_only_a_folder_rayworks_made(tmp_path, claim):
+    dst = tmp_path / "mine"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("the user's own file")
+    if claim == "marker":
+        (dst / storage.MARKER).write_text('{"kind": "export"}')
+    elif claim == "manifest":
+        (dst / "manifest.json").write_text('{"kind": "export"}')
+    elif claim == "bad-manifest":
+        (dst / "manifest.json").write_text('{"not": "a rayworks manifest"}')
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(b"new")
+    if claim in ("marker", "manifest"):
+        storage.publish_dir(str(src), str(dst))
+        assert _tree(dst) == {"model.bin": b"new"}
+        return
+    with pytest.raises(ConfigError, match="non-empty folder that rayworks did not create"):
+        storage.publish_dir(str(src), str(dst))
+    assert (dst / "notes.txt").read_text() == "the user's own file"
+    assert sorted(os.listdir(tmp_path)) == ["mine", "src"]
+
+
+def test_publish_dir_never_replaces_a_file_and_fills_an_empty_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    f = tmp_path / "file.txt"
+    f.write_text("keep")
+    with pytest.raises(ConfigError, match="is a file"):
+        storage.publish_dir(str(src), str(f))
+    assert f.read_text() == "keep"
+    (tmp_path / "empty").mkdir()
+    storage.publish_dir(str(src), str(tmp_path / "empty"))
+    assert _tree(tmp_path / "empty") == {"a": b"a"}
+
+
+def test_copy_file_streams_in_chunks_and_leaves_no_temporary(tmp_path):
+    data = os.urandom(300_000)
+    (tmp_path / "big.bin").write_bytes(data)
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "big.bin").write_bytes(b"old")
+    storage.copy_file(str(tmp_path / "big.bin"), str(tmp_path / "dst" / "big.bin"), chunk=4096)
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == data
+    assert os.listdir(tmp_path / "dst") == ["big.bin"]
+    storage.local_copy(str(tmp_path / "dst"), str(tmp_path / "copy"))
+    assert (tmp_path / "copy" / "big.bin").read_bytes() == data
 
 
 def test_publish_dir_moves_a_sibling_build_folder(tmp_path):
@@ -117,3 +170,18 @@ def test_delete_helpers_only_touch_what_they_name(tmp_path):
     storage.delete_dir(str(tmp_path / "d"))
     storage.delete_file(str(tmp_path / "f"))
     assert os.listdir(tmp_path) == []
+
+
+def test_write_bytes_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """The rename itself must be durable: a crash right after it must not bring the old file back."""
+    synced = []
+    real = os.fsync
+
+    def spy(fd):  # records what was fsynced, then fsyncs it for real
+        st = os.fstat(fd)
+        synced.append((st.st_ino, stat.S_ISDIR(st.st_mode)))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    storage.write_bytes(str(tmp_path / "d" / "f.json"), b"{}")
+    assert (os.stat(tmp_path / "d").st_ino, True) in synced

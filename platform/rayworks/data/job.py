@@ -19,7 +19,7 @@ from rayworks.config.base import config_hash
 from rayworks.config.prep import PrepJob
 from rayworks.data.execute import Progress, count_drops, count_tokens, run_units
 from rayworks.data.inputs import expand_inputs, plan_units
-from rayworks.data.manifest import MANIFEST, versions
+from rayworks.data.manifest import MANIFEST
 from rayworks.errors import ConfigError, RayworksError
 
 
@@ -57,7 +57,7 @@ def run(job: PrepJob) -> dict:
             raise ConfigError(f"tokenizer.path: {job.tokenizer.path} is not a local tokenizer directory with "
                               "tokenizer.json; unset it to train one")
     out = job.output()
-    artifacts.check_output_dir(job.output_uri or out, _storage_root(job), "output_uri")
+    artifacts.check_output_dir(job.output_uri or out, artifacts.storage_root(job), "output_uri", kind="prep")
     cfg = manifest_config(job)
     chash = config_hash(cfg)
     units = plan_units(files, max(1, int(job.unit_mb * 1e6)))
@@ -80,11 +80,17 @@ def run(job: PrepJob) -> dict:
     plan = {"config_hash": chash, "inputs": inputs, "num_units": len(units)}
 
     target = _target(out, chash, inputs)
+    if target != artifacts.build_dir(out) and artifacts.discard_build(out):
+        print(f"[prep] removed {artifacts.build_dir(out)}, left by an interrupted rebuild of another config",
+              flush=True)
     if target is None:
         m = storage.read_json(storage.join(out, MANIFEST))
         print(f"[prep] {out} is already complete for this config and these inputs; nothing to do")
         _print_where(out, m)
         return m
+    if target != out:
+        artifacts.check_output_dir(target, None, "output_uri (its build folder)", kind="prep")
+        storage.cleanup_temporaries(target)
     work = storage.join(target, "_work")
     if storage.exists(storage.join(work, "plan.json")) and storage.read_json(storage.join(work, "plan.json")) != plan:
         print("[prep] the config or inputs changed since the interrupted run; starting over", flush=True)
@@ -114,17 +120,11 @@ def _print_where(out: str, m: dict) -> None:
     print(f"[prep] manifest: {storage.join(out, MANIFEST)}", flush=True)
 
 
-def _storage_root(job: PrepJob) -> str | None:
-    try:
-        return job.cluster_spec().storage.uri
-    except Exception:  # noqa: BLE001 - no spec to protect when none can be loaded
-        return None
-
-
 def _target(out: str, chash: str, inputs: list[dict]) -> str | None:
-    """Where this run builds its output: None if ``out`` already is it, ``out`` itself when it
-    holds no complete output, else a sibling build folder that replaces ``out`` once complete
-    (so a failed or killed rebuild never costs the last good output)."""
+    """Where this run builds its output: None if ``out`` already is it (and its files still match
+    their manifest's sizes), ``out`` itself when it holds no complete output, else a sibling build
+    folder that replaces ``out`` once complete (so a failed or killed rebuild never costs the
+    last good output)."""
     mpath = storage.join(out, MANIFEST)
     if not storage.is_file(mpath):
         return out
@@ -132,9 +132,14 @@ def _target(out: str, chash: str, inputs: list[dict]) -> str | None:
         m = artifacts.parse(storage.read_bytes(mpath), mpath)
     except artifacts.ManifestError:
         m = {}
-    if m.get("config_hash") == chash and m.get("inputs") == inputs:
-        return None
     build = artifacts.build_dir(out)
+    if m.get("config_hash") == chash and m.get("inputs") == inputs:
+        problems = artifacts.verify_outputs(out, m, hashes=False)
+        if not problems:
+            return None
+        print(f"[prep] {out} is complete for this config but its files do not match its manifest "
+              f"({'; '.join(problems[:3])}); rebuilding it in {build}", flush=True)
+        return build
     print(f"[prep] {out} holds the output of another config or other inputs; building the new one in {build} "
           "(the old output stays until it is complete)", flush=True)
     return build
@@ -333,7 +338,7 @@ def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> 
         "sequences": sum(splits[s]["num_sequences"] for s in SPLITS),
     }
     manifest = artifacts.build(
-        "prep", job.name, chash, inputs, artifacts.describe_files(out, skip=("_work",)), versions(),
+        "prep", job.name, chash, inputs, artifacts.describe_files(out, skip=("_work",)), artifacts.versions("prep"),
         config=cfg, counts=counts_out, seq_len=seq_len,
         tokenizer={k: tok[k] for k in ("dir", "sha256", "vocab_size", "eos_token_id", "pad_token_id",
                                        "eos_token", "pad_token", "files")},

@@ -57,7 +57,3 @@ def tokenizer_dir(manifest_uri: str) -> str:
     """Where the manifest's tokenizer directory lies."""
     m = read_manifest(manifest_uri)
     return storage.join(output_dir(manifest_uri), m["tokenizer"]["dir"])
-
-
-def versions() -> dict:
-    return artifacts.versions("tokenizers")

@@ -76,7 +76,7 @@ def _describe_change(k: str, old, new, old_path: str | None, new_path: str) -> s
 
 
 def _chunk_files(out: str) -> list[str]:
-    # Only committed names: a killed run may leave a ".tmp-*" file that was never renamed.
+    # Only committed names (list_files already hides storage.TMP_TAG temporaries a killed run left).
     return [f for f in storage.list_files(chunk_dir(out), ".parquet") if f.rsplit("/", 1)[1].startswith("chunk-")]
 
 

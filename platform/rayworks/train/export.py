@@ -61,7 +61,13 @@ def export_checkpoint(checkpoint: str, out: str, tokenizer_dir: str | None = Non
 
     Returns:
         The export manifest (written as manifest.json and rayworks_export.json).
+
+    Raises:
+        ConfigError: ``out`` is a folder rayworks must not replace (the current or home folder, a
+            folder of the user's, another kind of artifact), or ``checkpoint`` is not a checkpoint.
     """
+    # Before any work: an export replaces ``out`` whole, so it must be an export's (or new).
+    artifacts.check_output_dir(out, None, "out", kind="export")
     import torch
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -113,7 +119,7 @@ def export_checkpoint(checkpoint: str, out: str, tokenizer_dir: str | None = Non
                 inputs.append({"role": "prep", "path": prep["manifest_path"], "sha256": prep.get("manifest_sha256")})
             manifest = artifacts.build(
                 "export", meta.get("run_name"), meta.get("config_hash"), inputs, artifacts.describe_files(tmp),
-                artifacts.versions("torch", "deepspeed", "transformers"),
+                artifacts.versions("export"),
                 checkpoint=checkpoint, step=meta["step"], optimizer_steps=meta.get("optimizer_steps"),
                 train_loss=meta.get("train_loss"), val_loss=meta.get("val_loss"),
                 val_loss_step0=meta.get("val_loss_step0"), dtype=str(torch_dtype).replace("torch.", ""),
@@ -123,6 +129,9 @@ def export_checkpoint(checkpoint: str, out: str, tokenizer_dir: str | None = Non
             if probe_diff_value is not None:
                 manifest["probe_max_abs_logit_diff"] = probe_diff_value
             data = storage.dumps_json(manifest)
+            # The marker travels with the folder: the published export is claimed as rayworks's.
+            with open(os.path.join(tmp, artifacts.MARKER), "wb") as fh:
+                fh.write(storage.dumps_json({"kind": "export"}))
             for name in artifacts.LEGACY_MANIFESTS + (artifacts.MANIFEST,):  # the manifest last
                 with open(os.path.join(tmp, name), "wb") as fh:
                     fh.write(data)

@@ -151,7 +151,7 @@ def run(job: TrainJob) -> dict:
         "data_digest": meta["data_digest"], "resumed_from": meta["resumed_from"],
         "checkpoint": ckpt_uri,
         "export": export_dir if export else None, "train_seconds": round(time.time() - t0, 1),
-        "versions": artifacts.versions("torch", "deepspeed", "transformers"),
+        "versions": artifacts.versions("train"),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     storage.write_json(storage.join(out, "manifest.json"), manifest)
