@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-done
 EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit bench render dashboards clean
+.PHONY: setup demo test test-unit test-integration test-e2e bench render dashboards clean
 
 setup: $(STAMP)
 
@@ -33,11 +33,19 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/rayworks run jobs/configs/demo.yaml
 
+# One pytest session, tiers in order (tests/conftest.py): unit (seconds; a failure there stops
+# the run before any cluster starts), then integration, then e2e. Every test has a timeout.
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(PY) -m pytest tests -m integration $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(PY) -m pytest tests -m e2e $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) tests/bench/run_all.py

@@ -99,7 +99,7 @@ def build(d: Dashboard) -> dict:
 
 def render_all() -> dict[Path, str]:
     """Every generated file and its exact text."""
-    from rayworks.monitor import render_prometheus_config
+    from rayworks.client.monitor import render_prometheus_config
 
     files = {HERE / f"{d.uid}.json": json.dumps(build(d), indent=2, sort_keys=True) + "\n" for d in DASHBOARDS}
     files[PROMETHEUS_YML] = render_prometheus_config(HEAD_DISCOVERY_FILE, loopback=False)

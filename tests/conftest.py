@@ -23,8 +23,61 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000"))
 
+# ---------------------------------------------------------------- tiers: order, markers, timeouts
+# One pytest session runs every tier (so the session cluster and the e2e pipeline run are
+# shared), fastest first: a broken unit test fails in seconds, not after the e2e tier.
+TIERS = ("unit", "integration", "e2e")
+UNIT_TIMEOUT_S = 120  # the ini's global timeout is sized for integration tests; unit tests get less
+
+
+def _tier(item) -> str:
+    try:
+        parts = Path(item.path).resolve().relative_to(REPO / "tests").parts
+    except ValueError:
+        return "unit"
+    return parts[0] if parts[0] in TIERS else "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = sorted({str(Path(i.path).relative_to(REPO)) for i in items
+                       if _tier(i) != "unit" and i.get_closest_marker(_tier(i)) is None})
+    if unmarked:  # `-m "not e2e"` and CI's tier split depend on every module carrying its marker
+        raise pytest.UsageError("modules without their tier's marker (add `pytestmark = pytest.mark.<tier>`): "
+                                + ", ".join(unmarked))
+    items.sort(key=lambda i: TIERS.index(_tier(i)))  # stable: file order is kept inside a tier
+    for i in items:
+        if _tier(i) == "unit" and i.get_closest_marker("timeout") is None:
+            i.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
+
+
+_unit_failures: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.failed and report.nodeid.startswith("tests/unit/"):
+        _unit_failures.append(report.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    yield
+    # Stop at the tier boundary when the unit tier failed: no cluster is started for a broken tree.
+    if (_unit_failures and _tier(item) == "unit" and nextitem is not None and _tier(nextitem) != "unit"
+            and not item.config.getoption("--keep-going-after-unit-failures")):
+        item.session.shouldstop = (f"{len(_unit_failures)} unit test(s) failed; integration and e2e not run "
+                                   "(--keep-going-after-unit-failures runs them anyway)")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--keep-going-after-unit-failures", action="store_true",
+                     help="run the integration and e2e tiers even when a unit test failed")
+
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-               "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
+               "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
+               # The session's local head binds to loopback (rayworks.cluster.auth.LOCAL_NODE_ENV): a
+               # driver in this process must resolve 127.0.0.1 as 127.0.0.1 to reach it. Ray reads
+               # this when it is imported, so it is set here, before any test imports ray.
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
     os.environ.setdefault(_k, _v)
 
 
@@ -131,7 +184,7 @@ def ray_on_cluster(local_cluster):
 # a real Prometheus (`rayworks monitor up`) scraping the cluster while it runs:
 # tests/e2e/test_dashboards.py checks every dashboard panel against the series those jobs
 # left, tests/e2e/test_pipeline.py checks the run itself, then reruns it. Running prep,
-# training and serving once for both saves a full pipeline's time.
+# training and serving once for both saves a full pipeline's time. Either may run first.
 MODEL_ID = "e2e-tiny"
 ROUTE = "/e2e"
 SERVE_APP = "e2e-serve"
@@ -193,7 +246,7 @@ def pipeline_config(root: Path, spec_path: Path, keys: Path) -> dict:
                           "checkpoint_every_steps": 12}},
         "serve": {"kind": "serve", "name": SERVE_APP,
                   "models": [{"id": MODEL_ID, "accelerator": "cpu",
-                              "engine": {"max_model_len": 256, "dtype": "float32", "cpu_kv_cache_gb": 1,
+                              "engine": {"max_model_len": 256, "dtype": "float32", "cpu_kvcache_space_gb": 1,
                                          "enforce_eager": True}}],
                   "http": {"route_prefix": ROUTE},
                   "auth": {"api_keys_file": str(keys)}},
@@ -202,7 +255,7 @@ def pipeline_config(root: Path, spec_path: Path, keys: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def pipeline_run(local_cluster, prometheus, tmp_path_factory) -> PipelineRun:
+def pipeline_run(local_cluster, prometheus, tmp_path_factory):
     """The first `rayworks run` of the e2e pipeline, with Prometheus scraping throughout."""
     root = tmp_path_factory.mktemp("e2e")
     keys = root / "keys"
@@ -210,5 +263,13 @@ def pipeline_run(local_cluster, prometheus, tmp_path_factory) -> PipelineRun:
     pipe.write_text(yaml.safe_dump(pipeline_config(root, local_cluster.spec_path, keys), sort_keys=False))
     started = time.time()
     first = local_cluster.rayworks("run", str(pipe), "--quiet", timeout=1500)
-    return PipelineRun(pipe=str(pipe), keys=keys, started=started, first=first,
-                       base_url=f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}")
+    yield PipelineRun(pipe=str(pipe), keys=keys, started=started, first=first,
+                      base_url=f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}")
+    # The app lives as long as the session's e2e tests need it (no test depends on another's
+    # order); then its replica's CPUs go back before anything after it runs.
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(address=local_cluster.address, log_to_driver=False)
+    serve.delete(SERVE_APP)

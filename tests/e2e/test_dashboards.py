@@ -16,6 +16,7 @@ import time
 
 import pytest
 import requests
+
 pytestmark = pytest.mark.e2e
 
 SETTLE_S = 150  # series from a finished job reach Prometheus within a report interval plus a scrape
@@ -86,6 +87,7 @@ def _missing(gen, url: str, start: float, gpus: bool) -> list[str]:
     return missing
 
 
+@pytest.mark.timeout(1200)  # the first pipeline run, if this test is first to ask for it
 def test_every_panel_of_every_dashboard_shows_data(prometheus, pipeline_run, dashboard_generator):
     first = pipeline_run.first
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]

@@ -1,47 +1,97 @@
 """The main job end to end: `rayworks run` takes text to a served model on a local cluster.
 
-A reduced pipeline (small corpus, a few dozen training steps: tests/conftest.py) runs
-through the real CLI: three Ray jobs, one completion over HTTP, the lineage chain from the served model back
-to the input files; a rerun skips every stage; a changed training setting reruns
+A reduced pipeline (small corpus with planted duplicates and too-short documents, a few
+dozen training steps: tests/conftest.py) runs through the real CLI: three Ray jobs; the
+prep manifest's drop counts match a count made here; validation loss fell; the `curl`
+command the run prints works as printed; the lineage chain leads from the served model
+back to the input files; a rerun skips every stage; a changed training setting reruns
 train and serve but not prep.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
+
+from integration.prep_corpus import clean as clean_text
+
+pytestmark = pytest.mark.e2e
 
 
 def _stages(out: str) -> dict[str, str]:
     return dict(re.findall(r"^\s+(prep|train|serve)\s+(ran|skipped)\s", out, re.M))
 
 
-@pytest.fixture
-def cleanup_app(ray_on_cluster, pipeline_run):
-    yield
-    from ray import serve
+def _printed_curl(out: str) -> str:
+    """The `curl` command of the run's summary, exactly as printed (two lines, `\\` continued)."""
+    lines = out.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("curl "))
+    assert lines[i].endswith("\\"), lines[i:i + 2]
+    return lines[i].lstrip() + "\n" + lines[i + 1]
 
-    serve.delete(pipeline_run.app)  # free the replica's CPUs for the next modules
+
+def _expected_counts(root: Path, clean: dict) -> dict:
+    """Drops and duplicates over the pipeline's inputs, counted here in plain Python."""
+    raw = [json.loads(ln)["text"] for p in [*sorted((root / "corpus").glob("*.jsonl")), root / "extra.jsonl"]
+           for ln in p.read_text().splitlines() if ln.strip()]
+    seen, dup, dropped = set(), 0, {}
+    for s in raw:
+        c, why = clean_text(s, clean)
+        if why:
+            dropped[why] = dropped.get(why, 0) + 1
+        elif c in seen:
+            dup += 1
+        else:
+            seen.add(c)
+    return {"documents_read": len(raw), "duplicates": dup, "dropped": dropped}
 
 
-def test_pipeline_end_to_end(local_cluster, pipeline_run, cleanup_app):
+@pytest.mark.timeout(1800)  # the first pipeline run (if this test is first to ask for it) and two reruns
+def test_pipeline_end_to_end(local_cluster, pipeline_run):
     pipe, first, model_id = pipeline_run.pipe, pipeline_run.first, pipeline_run.model_id
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert _stages(first.stdout) == {"prep": "ran", "train": "ran", "serve": "ran"}, first.stdout[-3000:]
-    assert "smoke test: 'def ' ->" in first.stdout and "curl " in first.stdout
+    assert "smoke test: 'def ' ->" in first.stdout
 
-    # The served model answers over HTTP with the key (and refuses without it).
+    # Prep dropped what conftest planted (4 repeated documents, 2 under min_chars), and the
+    # counts agree with an independent count over the same inputs.
+    prep = json.loads((local_cluster.storage / "prep" / "e2e-prep" / "manifest.json").read_text())
+    want = _expected_counts(Path(pipe).parent, prep["config"]["clean"])
+    c = prep["counts"]
+    assert c["documents_read"] == want["documents_read"]
+    assert c["duplicates"] == want["duplicates"] >= 4
+    assert c["dropped"] == want["dropped"] and want["dropped"].get("too_short", 0) >= 2, (c, want)
+
+    # Training learned: validation loss fell from its step-0 value.
+    train = json.loads((local_cluster.storage / "train" / "e2e-train" / "manifest.json").read_text())
+    assert train["steps"] == 24 and train["val_loss"] < train["val_loss_step0"], train
+
+    # The served model answers the printed `curl`, run as printed (key read from its file by
+    # the shell), and refuses without the key.
     key = pipeline_run.keys.read_text().split()[0]
     assert key not in first.stdout + first.stderr  # the key is never printed
+    curl = _printed_curl(first.stdout)
+    assert f"{pipeline_run.base_url}/v1/completions" in curl and f"\"model\": \"{model_id}\"" in curl
+    out = subprocess.run(["bash", "-c", curl],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("{"), out.stdout[-2000:] + out.stderr[-2000:]
+    body = json.loads(out.stdout)
+    assert body["model"] == model_id and 1 <= body["usage"]["completion_tokens"] <= 32, body
+    # ... and so does the printed `openai` one-liner (with this venv's python first on PATH).
+    py = next(ln.strip() for ln in first.stdout.splitlines() if ln.strip().startswith("python -c "))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", py], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]  # an auth or model error raises
     url = f"{pipeline_run.base_url}/v1/completions"
-    body = {"model": model_id, "prompt": "import ", "max_tokens": 5, "temperature": 0}
-    r = requests.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
-    assert r.status_code == 200, r.text
-    assert r.json()["usage"]["completion_tokens"] >= 1
-    assert requests.post(url, json=body, timeout=30).status_code == 401
+    assert requests.post(url, json={"model": model_id, "prompt": "import ", "max_tokens": 5},
+                         timeout=30).status_code == 401
 
     # Lineage: served model -> serve manifest -> export -> training run -> prep -> input files.
     lin = local_cluster.rayworks("lineage", model_id, "--cluster", str(local_cluster.spec_path), "--json")
@@ -52,7 +102,7 @@ def test_pipeline_end_to_end(local_cluster, pipeline_run, cleanup_app):
         assert k in kinds, kinds
     assert kinds.index("serve") < kinds.index("export") < kinds.index("prep") < kinds.index("file")
     assert all(n["status"] == "ok" for n in nodes), nodes
-    assert any(n["kind"] == "file" and n["path"].endswith(".jsonl") for n in nodes)
+    assert any(n["kind"] == "file" and n["path"].endswith("extra.jsonl") for n in nodes)
 
     # Same pipeline again: every stage skipped.
     second = local_cluster.rayworks("run", pipe, "--quiet", timeout=900)

@@ -59,7 +59,7 @@ def job_dict(paths: dict, out: Path, **over) -> dict:
     return d
 
 
-def _clean(s: str, cfg: dict) -> tuple[str | None, str | None]:
+def clean(s: str, cfg: dict) -> tuple[str | None, str | None]:
     s = unicodedata.normalize("NFC", s)
     s = s.replace("\r\n", "\n").replace("\r", "\n")
     s = CONTROL.sub("", s).strip()
@@ -89,7 +89,7 @@ def reference_counts(paths: dict, cfg: dict, tokenizer_dir: Path) -> dict:
     raw += [v or "" for v in pq.read_table(paths["parquet"]).column("content").to_pylist()]
     dropped, seen, kept = Counter(), set(), []
     for s in raw:
-        c, why = _clean(s, cfg)
+        c, why = clean(s, cfg)
         if why:
             dropped[why] += 1
         elif c in seen:

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration
+
 NUM_PROMPTS = 192
 CHUNK = 16
 MAX_TOKENS = 24
@@ -55,7 +57,7 @@ def setup(local_cluster, tmp_path_factory):
         # kill lands between the first commit and the last.
         "engine": {"device": "cpu", "num_replicas": 1, "batch_size": 8, "max_concurrent_batches": 1,
                    "max_num_seqs": 8, "num_cpus_per_replica": 1, "max_model_len": 256, "dtype": "float32",
-                   "kv_cache_space_gb": 1},
+                   "cpu_kvcache_space_gb": 1},
     }
     path = root / "generate.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -68,7 +70,7 @@ def _chunks(out: Path) -> dict[str, bytes]:
 
 
 def _client(local_cluster):
-    from rayworks.submit import client
+    from rayworks.client.submit import client
 
     return client(local_cluster.spec)
 
@@ -86,6 +88,7 @@ def test_missing_model_fails_before_any_engine(local_cluster, setup):
     assert {j.submission_id for j in _client(local_cluster).list_jobs()} == jobs_before
 
 
+@pytest.mark.timeout(1200)  # two engine starts and 192 prompts on 2 cores
 def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup):
     out = setup["out"]
     total_chunks = -(-NUM_PROMPTS // CHUNK)

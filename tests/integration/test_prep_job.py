@@ -2,13 +2,13 @@
 
 Checks the manifest against counts computed independently here, byte-identical output
 across parallelism, a real SIGKILL mid-run followed by a resume that redoes only the
-unfinished shards, bad inputs, and the `rayworks submit` path.
+unfinished shards, and bad inputs. The `rayworks submit` path of the shipped prep config is
+tests/integration/test_foundation_cluster.py's (one CLI prep submit in the suite).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -182,24 +182,3 @@ def test_missing_input_fails_before_any_work(ray_on_cluster, corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"inputs\[4\]\.path.*matched no files"):
         run(_job(d))
     assert not (tmp_path / "out").exists()
-
-
-def test_submit_through_the_cli(local_cluster, corpus, tmp_path):
-    """`rayworks submit jobs/configs/prep.yaml` (the real `ray job submit` path), default output."""
-    from rayworks.data.manifest import read_manifest, shard_uris, tokenizer_dir
-
-    inputs = json.dumps([{"path": f"{corpus['docs']}/*.jsonl", "format": "jsonl"}])
-    proc = local_cluster.rayworks(
-        "submit", "jobs/configs/prep.yaml", "--cluster", str(local_cluster.spec_path),
-        "--set", f"inputs={inputs}", "--set", "name=submit-test", "--set", "tokenizer.vocab_size=300",
-        "--set", "tokenizer.sample_mb=0.1", "--set", "seq_len=32", "--set", "unit_mb=0.2",
-        "--set", "execution.num_workers=2", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = local_cluster.storage / "prep" / "submit-test"
-    m = read_manifest(str(out))
-    assert m["name"] == "submit-test" and m["seq_len"] == 32 and m["counts"]["sequences"] > 0
-    uris = shard_uris(str(out / "manifest.json"), "train")
-    assert uris and all(Path(u).is_file() for u in uris)
-    assert Path(tokenizer_dir(str(out)), "tokenizer.json").is_file()
-    assert f"[prep] manifest: {out}/manifest.json" in local_cluster.rayworks(
-        "logs", proc.stdout.split("submitted prep job ")[1].split()[0], "--cluster", str(local_cluster.spec_path)).stdout

@@ -1,7 +1,7 @@
 """A canary secret through real jobs: every process that needs it sees it, no file or API response holds it.
 
 The spec lists the canary under runtime_env.secret_env_vars. A probe job submitted with
-rayworks' own runtime env (`rayworks.submit.runtime_env`) proves, by sha256, that its
+rayworks' own runtime env (`rayworks.client.submit.runtime_env`) proves, by sha256, that its
 driver, a task and an actor saw the right value; a real prep job goes through
 `rayworks submit`; a real serve deploy takes its API key from the canary. Then every file
 under the Ray session directory (the runtime-env agent's and every worker's logs
@@ -68,7 +68,7 @@ def canary_spec(local_cluster, tmp_path_factory):
 
 
 def _job_ids(local_cluster) -> list[str]:
-    from rayworks.submit import client
+    from rayworks.client.submit import client
 
     return [j.submission_id for j in client(local_cluster.spec).list_jobs() if j.submission_id]
 
@@ -76,7 +76,7 @@ def _job_ids(local_cluster) -> list[str]:
 def test_probe_job_sees_the_secret_in_driver_task_and_actor(local_cluster, canary_spec, tmp_path):
     from rayworks.config.cluster import load_cluster_spec
     from rayworks.config.jobs import load_job_data
-    from rayworks.submit import client, runtime_env, wait_for
+    from rayworks.client.submit import client, runtime_env, wait_for
 
     spec = load_cluster_spec(canary_spec)
     wd = tmp_path / "wd"
@@ -127,7 +127,7 @@ def served_with_canary_key(local_cluster, canary_spec, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     yield f"http://127.0.0.1:{local_cluster.serve_port}/canary"
     # Deleted by a job on the cluster: this process need not join it as a driver.
-    from rayworks.submit import client, wait_for
+    from rayworks.client.submit import client, wait_for
 
     c = client(local_cluster.spec)
     wait_for(c, c.submit_job(entrypoint="python -c \"from ray import serve; serve.delete('secrets-serve')\""),
@@ -156,7 +156,7 @@ def _files_holding(root: Path, needle: bytes) -> list[str]:
 def test_the_canary_appears_nowhere(local_cluster, canary_spec):
     # Runs after the serve test (file order), so its deploy and replicas are searched too.
     from rayworks.cluster.auth import bearer_header
-    from rayworks.submit import client
+    from rayworks.client.submit import client
 
     needle = CANARY.encode()
     ids = _job_ids(local_cluster)

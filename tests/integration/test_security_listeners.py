@@ -191,7 +191,7 @@ def test_ray_processes_run_with_the_specs_auth_and_loopback_settings(busy_cluste
 def test_job_client_for_an_explicit_address_verifies_the_real_dashboard(busy_cluster):
     """`rayworks jobs --address URL` (no spec): the listener check passes for this user's Ray, then the client works."""
     from rayworks.cluster.auth import forget_verified
-    from rayworks.submit import client
+    from rayworks.client.submit import client
 
     forget_verified(busy_cluster.dashboard_url)
     c = client(None, busy_cluster.dashboard_url)

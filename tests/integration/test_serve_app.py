@@ -3,9 +3,11 @@
 Deploys ONCE (engine start is the cost here) through the real job path,
 `rayworks submit <serve job> --cluster <spec>`, with the API key passed from this
 process's environment (the spec lists it under runtime_env.secret_env_vars), then checks
-completions, chat, streaming, auth, each bad input's status code, metrics, and last a
-zero-failure rollout to a second export (`rayworks serve update`) under a steady stream
-of requests. The two exports are tiny random Llamas with different seeds; which one
+completions, chat, streaming, auth (deny by default on every route), each bad input's
+status code, metrics (the auth-rejection counter's value too), a zero-failure rollout to a
+second export (`rayworks serve update`) under a steady stream of requests, and a two-model
+app through Ray Serve LLM's ingress (deployed beside the first, its engines starting at the
+same time: three engine starts overlap, a fourth comes with the rollout). The two exports are tiny random Llamas with different seeds; which one
 answered is told by the greedy next token, computed here with transformers.
 """
 
@@ -13,8 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -61,7 +67,7 @@ def served(local_cluster, ray_on_cluster, tmp_path_factory):
     job = {"kind": "serve", "name": "svtest",
            "models": [{"id": "tiny", "source": str(v1),
                        "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True,
-                                  "cpu_kv_cache_gb": 1}}],
+                                  "cpu_kvcache_space_gb": 1}}],
            "auth": {"api_keys_env": KEY_ENV},
            "rollout": {"graceful_shutdown_timeout_s": 30}}
     job_path = root / "serve.yaml"
@@ -72,12 +78,46 @@ def served(local_cluster, ray_on_cluster, tmp_path_factory):
     from ray import serve
 
     serve.start(http_options={"host": "127.0.0.1", "port": local_cluster.serve_port})
-    proc = local_cluster.rayworks("submit", str(job_path), "--cluster", str(spec_path), timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    url = f"http://127.0.0.1:{local_cluster.serve_port}"
-    yield {"url": url, "spec_path": spec_path, "v1": v1, "v2": v2, "prompt": prompt,
-           "want_v1": a[prompt][0], "want_v2": b[prompt][0], "cluster": local_cluster}
-    serve.delete("svtest")
+    # The two-model app of test_several_models_go_through_rays_ingress deploys beside this one,
+    # at the same time: engine starts overlap instead of queueing (the module's main cost).
+    multi = subprocess.Popen([str(Path(sys.executable).with_name("rayworks")), "submit",
+                              str(write_multi_job(root, v1, v2)), "--cluster", str(spec_path)],
+                             env={**os.environ, **local_cluster.env}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        proc = local_cluster.rayworks("submit", str(job_path), "--cluster", str(spec_path), timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        url = f"http://127.0.0.1:{local_cluster.serve_port}"
+        yield {"url": url, "spec_path": spec_path, "v1": v1, "v2": v2, "prompt": prompt,
+               "want_v1": a[prompt][0], "want_v2": b[prompt][0], "cluster": local_cluster, "multi": multi}
+    finally:
+        if multi.poll() is None:
+            multi.kill()
+            multi.wait()
+        serve.delete("svmulti", _blocking=False)
+        serve.delete("svtest")
+
+
+def write_multi_job(root, v1, v2):
+    """Two models in one app (route /multi): the path through Ray Serve LLM's OpenAI ingress."""
+    job = {"kind": "serve", "name": "svmulti", "http": {"route_prefix": "/multi"},
+           "models": [{"id": m, "source": str(v),
+                       "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True,
+                                  "cpu_kvcache_space_gb": 1}} for m, v in (("a", v1), ("b", v2))],
+           "auth": {"api_keys_env": KEY_ENV},
+           # No rollout here: room for two engines beside svtest's, and a quick teardown.
+           "rollout": {"max_surge_percent": 0, "graceful_shutdown_timeout_s": 5}}
+    path = root / "multi.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def multi_deployed(served) -> str:
+    """Waits for the two-model app's `rayworks submit` (started by the fixture); returns its output."""
+    if "multi_out" not in served:
+        served["multi_out"] = served["multi"].communicate(timeout=900)[0]
+    assert served["multi"].returncode == 0, served["multi_out"][-5000:]
+    return served["multi_out"]
 
 
 def client(served, key=KEY):
@@ -92,6 +132,7 @@ def post(served, path, body, key=KEY):
     return requests.post(served["url"] + path, data=data, headers=hdr, timeout=120)
 
 
+@pytest.mark.timeout(900)  # the module's engine start (the served fixture) counts here
 def test_manifest_and_health(served):
     m = json.loads((served["cluster"].storage / "serve" / "svtest" / "manifest.json").read_text())
     assert m["kind"] == "serve" and m["config"]["models"][0]["source"] == str(served["v1"])
@@ -139,8 +180,16 @@ def test_auth(served):
     assert post(served, "/v1/completions", {"model": "tiny", "prompt": "hi"}, key=None).status_code == 401
     assert requests.get(served["url"] + "/v1/models", timeout=30).status_code == 401
     assert post(served, "/v1/completions", {"model": "tiny", "prompt": "hi"}, key="wrong").status_code == 401
-    assert requests.get(served["url"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"},
-                        timeout=30).status_code == 200
+    listed = requests.get(served["url"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert listed.status_code == 200
+    # vLLM puts the server's model path in `root`; the gate answers with the model id instead.
+    assert [c.get("root") for c in listed.json()["data"]] == ["tiny"] and str(served["v1"]) not in listed.text
+    # Deny by default: vLLM's other routes on the engine replica's app need the key too.
+    for method, path, body in [("POST", "/invocations", {"model": "tiny", "prompt": "hi", "max_tokens": 2}),
+                               ("POST", "/tokenize", {"model": "tiny", "prompt": "hi"}),
+                               ("GET", "/metrics", None), ("GET", "/ping", None)]:
+        r = requests.request(method, served["url"] + path, json=body, timeout=30)
+        assert r.status_code == 401, (method, path, r.status_code, r.text[:300])
 
 
 @pytest.mark.parametrize("path, body, status, needle", [
@@ -164,21 +213,61 @@ def test_bad_input_is_4xx(served, path, body, status, needle):
     assert post(served, "/v1/completions", {"model": "tiny", "prompt": "ok", "max_tokens": 2}).status_code == 200
 
 
+def auth_rejections(text: str) -> float:
+    """Sum over all series of our auth-rejection counter in a Prometheus text exposition."""
+    return sum(float(v) for v in re.findall(r"^ray_rayworks_serve_auth_rejections_total(?:\{[^}]*\})? (\S+)$",
+                                             text, re.M))
+
+
 def test_metrics_reach_prometheus_endpoint(served):
-    """Ray's /metrics (what Prometheus scrapes) carries Serve's, vLLM's and our own series."""
+    """Ray's /metrics (what Prometheus scrapes) carries Serve's, vLLM's and our own series, and
+    our counter counts: test_auth (before this test) had the gate refuse many requests."""
     url = f"http://127.0.0.1:{served['cluster'].metrics_port}/metrics"
     want = ["ray_rayworks_serve_auth_rejections_total", "ray_serve_num_http_requests",
             "ray_serve_deployment_replica_healthy", "ray_vllm"]
-    deadline, missing = time.time() + 90, want
+    deadline, missing, rejected = time.time() + 90, want, 0.0
     while time.time() < deadline:
         text = requests.get(url, timeout=30).text
         missing = [w for w in want if w not in text]
-        if not missing:
+        rejected = auth_rejections(text)
+        if not missing and rejected > 0:
             break
         time.sleep(5)
     assert not missing, f"not exported yet: {missing}"
+    assert rejected > 0, "the auth-rejection counter is exported but counted no refusal"
 
 
+@pytest.mark.timeout(900)  # waits for its two engines (started by the fixture)
+def test_several_models_go_through_rays_ingress(served):
+    """Two models in one app: Ray Serve LLM's OpenAI ingress routes between them, behind the same gate.
+
+    Runs before the rollout and deletes its app at the end, so the rollout has the cluster's
+    memory and CPUs to itself (as in any order: the fixture deletes it too)."""
+    import openai
+    from ray import serve
+
+    multi_deployed(served)
+    m = json.loads((served["cluster"].storage / "serve" / "svmulti" / "manifest.json").read_text())
+    assert m["serve_config"]["applications"][0]["args"]["direct_streaming"] is False
+    assert "OpenAiIngress" in m["deployments"] and len(m["deployments"]) == 3, m["deployments"]
+    url = served["url"] + "/multi"
+    c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    assert sorted(x.id for x in c.models.list().data) == ["a", "b"]
+    want = {"a": served["want_v1"], "b": served["want_v2"]}
+    for model_id, text in want.items():  # each id reaches its own weights
+        r = c.completions.create(model=model_id, prompt=served["prompt"], max_tokens=1, temperature=0)
+        assert r.choices[0].text == text
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    r = requests.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 400 and "available models" in r.text  # which model? the message lists them
+    h = requests.get(url + "/health", timeout=30)
+    assert h.status_code == 200 and h.json()["models"] == ["a", "b"]
+    serve.delete("svmulti")
+
+
+@pytest.mark.timeout(900)  # a second engine starts while the first one serves
 def test_rollout_drops_no_request(served):
     prompt, results, stop = served["prompt"], [], threading.Event()
 
@@ -187,6 +276,7 @@ def test_rollout_drops_no_request(served):
         return r.status_code, (r.json()["choices"][0]["text"] if r.status_code == 200 else r.text[:300])
 
     assert answer() == (200, served["want_v1"])
+    multi_deployed(served)  # no other engine still starting while the rollout runs
 
     def load():
         while not stop.is_set():
@@ -194,9 +284,11 @@ def test_rollout_drops_no_request(served):
                 results.append(answer())
             except Exception as exc:  # noqa: BLE001 - a dropped connection is a failed request too
                 results.append((-1, repr(exc)))
-            time.sleep(0.1)
+            time.sleep(0.2)
 
-    threads = [threading.Thread(target=load) for _ in range(2)]
+    # One steady stream (a request at a time, back to back): every request during the update must
+    # succeed. More streams would only keep a core busy while the new engine starts on 2 cores.
+    threads = [threading.Thread(target=load)]
     for t in threads:
         t.start()
     try:
@@ -217,43 +309,3 @@ def test_rollout_drops_no_request(served):
     texts = [t for _, t in results]
     assert texts[0] == served["want_v1"] and texts[-1] == served["want_v2"], (texts[:3], texts[-3:])
     assert set(texts) == {served["want_v1"], served["want_v2"]}
-
-
-def test_several_models_go_through_rays_ingress(served):
-    """Two models in one app: Ray Serve LLM's OpenAI ingress routes between them, behind the same gate."""
-    import openai
-
-    root = served["spec_path"].parent
-    job = {"kind": "serve", "name": "svmulti", "http": {"route_prefix": "/multi"},
-           "models": [{"id": m, "source": str(served[v]),
-                       "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True,
-                                  "cpu_kv_cache_gb": 1}} for m, v in (("a", "v1"), ("b", "v2"))],
-           "auth": {"api_keys_env": KEY_ENV},
-           # No rollout here: room for two engines beside svtest's, and a quick teardown.
-           "rollout": {"max_surge_percent": 0, "graceful_shutdown_timeout_s": 5}}
-    (root / "multi.yaml").write_text(yaml.safe_dump(job))
-    proc = served["cluster"].rayworks("submit", str(root / "multi.yaml"), "--cluster", str(served["spec_path"]),
-                                      timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    try:
-        m = json.loads((served["cluster"].storage / "serve" / "svmulti" / "manifest.json").read_text())
-        assert m["serve_config"]["applications"][0]["args"]["direct_streaming"] is False
-        assert "OpenAiIngress" in m["deployments"] and len(m["deployments"]) == 3, m["deployments"]
-        url = served["url"] + "/multi"
-        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
-        assert sorted(x.id for x in c.models.list().data) == ["a", "b"]
-        want = {"a": served["want_v1"], "b": served["want_v2"]}
-        for model_id, text in want.items():  # each id reaches its own weights
-            r = c.completions.create(model=model_id, prompt=served["prompt"], max_tokens=1, temperature=0)
-            assert r.choices[0].text == text
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
-        r = requests.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2},
-                          headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-        assert r.status_code == 400 and "available models" in r.text  # which model? the message lists them
-        h = requests.get(url + "/health", timeout=30)
-        assert h.status_code == 200 and h.json()["models"] == ["a", "b"]
-    finally:
-        from ray import serve
-
-        serve.delete("svmulti", _blocking=False)  # svtest's teardown (blocking) comes after

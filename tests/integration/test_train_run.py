@@ -85,7 +85,7 @@ def test_zero2_trains_and_val_loss_falls(zero2):
 def test_export_has_the_trained_logits_and_the_cli_exports_any_checkpoint(zero2, tmp_path):
     import torch
 
-    from rayworks.cli import main as cli
+    from rayworks.client.cli import main as cli
 
     out, m = zero2
     final = out / "ray_train" / "checkpoint_00000012"

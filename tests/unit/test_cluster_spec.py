@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayworks.cli import main as cli_main
+from rayworks.client.cli import main as cli_main
 from rayworks.config.cluster import load_cluster_spec
 from rayworks.errors import ConfigError
 

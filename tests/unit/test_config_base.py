@@ -81,7 +81,7 @@ def test_cli_exits_2_with_one_line(tmp_path):
 
 def test_secret_env_vars_come_from_the_shell_not_the_file(tmp_path, monkeypatch):
     from rayworks.config.jobs import JobBase
-    from rayworks.submit import runtime_env
+    from rayworks.client.submit import runtime_env
 
     spec = ClusterSpec.model_validate({"name": "t", "head": {"num_cpus": 2, "memory_gb": 2}, "storage": {"uri": "/x"},
                                        "runtime_env": {"secret_env_vars": ["RW_TEST_SECRET"]}})
@@ -182,7 +182,7 @@ def test_cli_exit_2_one_line_for_every_bad_input(tmp_path):
     import contextlib
     import io
 
-    from rayworks.cli import main
+    from rayworks.client.cli import main
 
     cases = {"dups.yaml": b"kind: prep\nkind: train\n", "utf8.yaml": b"kind: prep\nname: \xc3\x28\n",
              "bomb.yaml": b"a: &a [1,1,1,1,1,1,1,1,1,1]\n" + b"".join(
@@ -199,7 +199,7 @@ def test_cli_exit_2_one_line_for_every_bad_input(tmp_path):
 
 
 def test_submit_dry_run_prints_what_would_go_and_contacts_nothing(tmp_path, capsys):
-    from rayworks.cli import main
+    from rayworks.client.cli import main
 
     (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n')
     job = tmp_path / "prep.yaml"

@@ -24,12 +24,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rayworks import cli
+from rayworks.client import cli
 from rayworks.config.cluster import ClusterSpec, load_cluster_spec
 from rayworks.config.jobs import KINDS, job_class, load_job
 from rayworks.config.pipeline import load_pipeline
 from rayworks.errors import ConfigError
-from rayworks.preflight import check_config
+from rayworks.client.preflight import check_config
 
 REPO = Path(__file__).resolve().parents[2]
 RAYWORKS = str(Path(sys.executable).with_name("rayworks"))

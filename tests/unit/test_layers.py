@@ -45,7 +45,7 @@ def test_contract_fails_on_an_upward_import(tmp_path):
 def test_every_kind_registers_importable_parts_without_heavy_imports():
     """The CLI, every config and every area preflight import without torch, vLLM, DeepSpeed or Ray."""
     code = ("import sys\n"
-            "from rayworks import cli\n"
+            "from rayworks.client import cli\n"
             "from rayworks.config.jobs import KINDS, import_path\n"
             "cli.build_parser()\n"
             "for k in KINDS.values():\n"

@@ -60,7 +60,7 @@ def chain(tmp_path):
 
 
 def lineage(c, target) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rayworks.cli", "lineage", str(target), "--cluster", str(c["spec"])],
+    return subprocess.run([sys.executable, "-m", "rayworks.client.cli", "lineage", str(target), "--cluster", str(c["spec"])],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
@@ -127,7 +127,7 @@ def test_a_truncated_manifest(chain):
 
 def test_a_manifest_reached_twice_is_verified_once(chain, monkeypatch):
     """Two served models from one export: the export's files are hashed once, its second node says so."""
-    from rayworks import lineage as lin
+    from rayworks.client import lineage as lin
 
     serve = chain["gen"].parent.parent / "serve" / "s"
     serve.mkdir(parents=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from rayworks import monitor
-from rayworks.cli import build_parser
+from rayworks.client import monitor
+from rayworks.client.cli import build_parser
 from rayworks.config.cluster import ClusterSpec
 from rayworks.errors import ConfigError
 

@@ -80,7 +80,7 @@ def test_every_query_parses_with_promtool(tmp_path):
             rules.append({"record": f"rayworks:check:{m['uid'].replace('-', '_')}_{i}", "expr": gen.concrete(t["expr"])})
     f = tmp_path / "rules.yml"
     f.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    proc = subprocess.run([_promtool(), "check", "rules", str(f)], capture_output=True, text=True)
+    proc = subprocess.run([_promtool(), "check", "rules", str(f)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{len(rules)} rules found" in proc.stdout
 
@@ -92,11 +92,11 @@ def test_concrete_replaces_grafana_variables():
 
 @pytest.mark.parametrize("loopback", [False, True])
 def test_prometheus_config_is_valid(tmp_path, loopback):
-    from rayworks.monitor import render_prometheus_config
+    from rayworks.client.monitor import render_prometheus_config
 
     f = tmp_path / "prometheus.yml"
     f.write_text(render_prometheus_config("/tmp/rw-test/prom_metrics_service_discovery.json", loopback=loopback))
-    proc = subprocess.run([_promtool(), "check", "config", str(f)], capture_output=True, text=True)
+    proc = subprocess.run([_promtool(), "check", "config", str(f)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cfg = yaml.safe_load(f.read_text())
     job = cfg["scrape_configs"][0]

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayworks import init as rwinit
+from rayworks.client import init as rwinit
 from rayworks.config.cluster import default_spec_path, load_cluster_spec, packaged_default_spec
 from rayworks.config.jobs import load_job
 from rayworks.errors import ConfigError
 from rayworks.jobmain import main, ray_session_dir
-from rayworks.submit import JOB_FILE, SPEC_FILE, entrypoint, stage
+from rayworks.client.submit import JOB_FILE, SPEC_FILE, entrypoint, stage
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from rayworks.config.cluster import ClusterSpec
 from rayworks.config.jobs import Bundle, JobBase
 from rayworks.errors import ConfigError
-from rayworks.preflight import check_resources, preflight
+from rayworks.client.preflight import check_resources, preflight
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ SERVE_NO_AUTH = ("  kind: serve\n  models:\n    - id: tiny\n      source: anywhe
 
 
 def test_pipeline_with_a_bad_inline_stage_fails_validate_up_front(tmp_path, capsys):
-    from rayworks.cli import main
+    from rayworks.client.cli import main
 
     bad = _pipeline(tmp_path, SERVE_NO_AUTH)
     assert main(["validate", str(bad)]) == 2
@@ -173,7 +173,7 @@ def test_pipeline_links_are_filled_in_before_validation(tmp_path):
 def test_run_refuses_a_bad_stage_before_the_first_stage_runs(tmp_path):
     """`rayworks run` checks every stage before bringing a cluster up or building the corpus."""
     from rayworks.config.pipeline import load_pipeline
-    from rayworks.pipeline import run
+    from rayworks.client.pipeline import run
 
     pipe = load_pipeline(_pipeline(tmp_path, SERVE_NO_AUTH))
     with pytest.raises(ConfigError, match="lic:serve: auth: Field required"):

@@ -74,7 +74,7 @@ def test_missing_path_and_empty_glob_fail_before_any_work(tmp_path):
 
 def test_preflight_checks_inputs_on_local_clusters(tmp_path):
     from rayworks.config.cluster import load_cluster_spec
-    from rayworks.preflight import preflight
+    from rayworks.client.preflight import preflight
 
     spec = load_cluster_spec()
     with pytest.raises(ConfigError, match="matched no files"):
@@ -99,7 +99,7 @@ def test_inputs_expand_in_a_fixed_order_without_repeats(tmp_path):
 
 
 def test_corpus_command_builds_sized_jsonl(tmp_path):
-    from rayworks.cli import main
+    from rayworks.client.cli import main
     from rayworks.data.corpus import documents
 
     assert main(["corpus", "python-docs", str(tmp_path / "c"), "--size-mb", "0.3", "--shard-mb", "0.1"]) == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayworks.cli import main as cli_main
+from rayworks.client.cli import main as cli_main
 from rayworks.cluster import kuberay, rayup, render
 from rayworks.config.cluster import ClusterSpec, load_cluster_spec
 from rayworks.errors import ConfigError

@@ -215,7 +215,7 @@ def test_export_refuses_a_folder_it_must_not_replace_before_any_work(tmp_path, o
     ckpt = tmp_path / "ckpt"  # never read: the output check comes first
     ckpt.mkdir()
     dest = "." if out == "cwd" else str(target)
-    r = subprocess.run([sys.executable, "-m", "rayworks.cli", "export", str(ckpt), dest],
+    r = subprocess.run([sys.executable, "-m", "rayworks.client.cli", "export", str(ckpt), dest],
                        capture_output=True, text=True, timeout=120, cwd=work)
     assert r.returncode != 0
     why = {"user": "did not create", "cwd": "the current folder", "prep": "holds an artifact of kind 'prep'"}[out]

@@ -264,7 +264,7 @@ def _serve(handler) -> http.server.HTTPServer:
 
 
 def test_job_client_checks_any_address_before_sending_the_token(tmp_path, monkeypatch):
-    from rayworks import submit
+    from rayworks.client import submit
 
     _Recorder.seen = []
     srv = _serve(_Recorder)
@@ -358,9 +358,27 @@ def test_keygen_force_does_not_follow_a_symlink(tmp_path):
 
 
 def test_prometheus_config_is_data_not_text():
-    from rayworks.monitor import render_prometheus_config
+    from rayworks.client.monitor import render_prometheus_config
 
     path = "/tmp/x'\n- job_name: evil\n  static_configs: [{targets: ['h:1']}]\"#"
     doc = yaml.safe_load(render_prometheus_config(path, loopback=True))
     assert [j["job_name"] for j in doc["scrape_configs"]] == ["ray"]
     assert doc["scrape_configs"][0]["file_sd_configs"][0]["files"] == [path]
+
+
+def test_ensure_token_creates_a_private_token_at_a_path_that_does_not_exist_yet(tmp_path, monkeypatch):
+    """Ray's own generator refuses a missing RAY_AUTH_TOKEN_PATH; ensure_token still makes the spec's token."""
+    from rayworks.cluster.auth import ensure_token
+    from rayworks.config.cluster import ClusterSpec
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the developer's ~/.ray stays untouched
+    target = tmp_path / "secrets" / "cluster.token"
+    spec = ClusterSpec.model_validate({"name": "tok", "provider": {"type": "local"},
+                                       "head": {"num_cpus": 2, "memory_gb": 4}, "storage": {"uri": str(tmp_path / "store")},
+                                       "auth": {"mode": "token", "token_path": str(target)}})
+    assert ensure_token(spec) == target
+    token = target.read_text().strip()
+    assert len(token) >= 32 and oct(target.stat().st_mode & 0o777) == "0o600"
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
+    assert ensure_token(spec) == target and target.read_text().strip() == token  # kept, not regenerated

@@ -72,7 +72,7 @@ def test_bad_configs_fail_with_field(tmp_path, over, needle):
 
 
 def test_preflight_checks_secret_and_source(tmp_path, monkeypatch):
-    from rayworks.preflight import preflight
+    from rayworks.client.preflight import preflight
 
     job = load_job(write_job(tmp_path))
     with pytest.raises(ConfigError, match="secret_env_vars"):
@@ -88,7 +88,7 @@ def test_preflight_checks_secret_and_source(tmp_path, monkeypatch):
 
 
 def test_resource_request_counts_surge(tmp_path):
-    from rayworks.preflight import check_resources
+    from rayworks.client.preflight import check_resources
 
     job = load_job(write_job(tmp_path, models=[{"id": "a", "source": "export",
                                                 "replicas": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}}}]))
@@ -155,7 +155,7 @@ def test_preflight_counts_the_ingress_only_when_the_app_has_one(tmp_path):
 
 
 def test_direct_streaming_without_ha_proxy_fails_preflight(tmp_path, monkeypatch):
-    from rayworks.preflight import preflight
+    from rayworks.client.preflight import preflight
 
     monkeypatch.setenv("RW_TEST_KEYS", "k")
     job = load_job(write_job(tmp_path, performance={"direct_streaming": True}))
@@ -177,7 +177,7 @@ def test_gpu_and_uri_sources_render(tmp_path):
 
 
 def test_rollout_replaces_one_source(tmp_path):
-    from rayworks.serve.rollout import updated_job
+    from rayworks.client.rollout import updated_job
 
     job = load_job(write_job(tmp_path))
     manifest = {"config": job.model_dump(mode="json")}
@@ -189,7 +189,7 @@ def test_rollout_replaces_one_source(tmp_path):
 
 def test_rollout_reads_a_manifest_written_before_the_engine_rename(tmp_path):
     """A deployment made with the old engine names stays updatable (its manifest is rayworks' own output)."""
-    from rayworks.serve.rollout import updated_job
+    from rayworks.client.rollout import updated_job
 
     job = load_job(write_job(tmp_path))
     cfg = job.model_dump(mode="json")
@@ -202,7 +202,7 @@ def test_rollout_reads_a_manifest_written_before_the_engine_rename(tmp_path):
 
 def test_cli_render_serve_target(tmp_path):
     p = write_job(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "rayworks.cli", "serve", "render", str(p), "--target", "serve"],
+    out = subprocess.run([sys.executable, "-m", "rayworks.client.cli", "serve", "render", str(p), "--target", "serve"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     doc = yaml.safe_load(out.stdout)

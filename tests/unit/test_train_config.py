@@ -13,7 +13,7 @@ import yaml
 from rayworks.config.jobs import load_job, load_job_data
 from rayworks.config.train import resolve_deepspeed
 from rayworks.errors import ConfigError
-from rayworks.preflight import preflight
+from rayworks.client.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,12 +143,12 @@ def test_cli_validate_exits_2_with_the_numbers(tmp_path):
     prep = write_manifest(tmp_path / "prep")
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump(job_dict(prep, deepspeed={"train_batch_size": 20})))
-    proc = subprocess.run([sys.executable, "-m", "rayworks.cli", "validate", str(cfg)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "rayworks.client.cli", "validate", str(cfg)], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "train_batch_size (20)" in proc.stderr and "= 16" in proc.stderr
     cfg.write_text(yaml.safe_dump(job_dict(prep)))
-    proc = subprocess.run([sys.executable, "-m", "rayworks.cli", "validate", str(cfg)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "rayworks.client.cli", "validate", str(cfg)], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -181,7 +181,7 @@ def test_cli_validate_wrong_deepspeed_type_is_one_line_exit_2(tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump(job_dict(write_manifest(tmp_path / "prep"),
                                            deepspeed={"optimizer": {"type": "AdamW", "params": {"lr": "fast"}}})))
-    proc = subprocess.run([sys.executable, "-m", "rayworks.cli", "validate", str(cfg)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "rayworks.client.cli", "validate", str(cfg)], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

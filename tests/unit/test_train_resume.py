@@ -111,7 +111,7 @@ def test_submit_preflight_refuses_other_work_and_changes_nothing(tmp_path):
     import hashlib
 
     from rayworks.config.cluster import load_cluster_spec
-    from rayworks.preflight import preflight
+    from rayworks.client.preflight import preflight
     from tests.unit.test_train_config import write_manifest
 
     prep = write_manifest(tmp_path / "prep")

@@ -64,13 +64,27 @@ def ensure_token(spec: ClusterSpec) -> Path | None:
     path = token_path(spec)
     if path.is_file() and path.read_text().strip():
         return path
-    env = dict(os.environ, **auth_env(spec))
+    # Ray's generator writes only to its default place (~/.ray/auth_token) and refuses a
+    # RAY_AUTH_TOKEN_PATH that does not exist yet: let it write under a private temporary
+    # HOME, then move the token to the spec's path (0600, folder 0700).
+    import tempfile
+
     ray_bin = Path(sys.executable).with_name("ray")
-    proc = subprocess.run([str(ray_bin), "get-auth-token", "--generate"], env=env,
-                          capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0 or not path.is_file():
-        raise ClusterError(f"could not create a Ray auth token at {path}: {proc.stderr.strip()[-300:]}")
-    path.chmod(0o600)
+    with tempfile.TemporaryDirectory(prefix="rayworks-token-") as home:
+        env = {k: v for k, v in dict(os.environ, **auth_env(spec)).items()
+               if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+        env["HOME"] = home
+        proc = subprocess.run([str(ray_bin), "get-auth-token", "--generate"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        made = Path(home) / ".ray" / "auth_token"
+        if proc.returncode != 0 or not made.is_file() or not made.read_text().strip():
+            raise ClusterError(f"could not create a Ray auth token for {path}: {proc.stderr.strip()[-300:]}")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(made.read_text().strip() + "\n")
+        os.replace(tmp, path)
     return path
 
 

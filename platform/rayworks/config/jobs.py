@@ -43,7 +43,7 @@ KINDS: dict[str, Kind] = {
                   "rayworks.serve.preflight:check"),
     "generate": Kind("rayworks.config.generate:GenerateJob", "rayworks.generate.job:run", "jobs/generate.py",
                      "rayworks.generate.preflight:check"),
-    "pipeline": Kind("rayworks.config.pipeline:PipelineJob", "rayworks.pipeline:run", "jobs/pipeline.py", None),
+    "pipeline": Kind("rayworks.config.pipeline:PipelineJob", "rayworks.client.pipeline:run", "jobs/pipeline.py", None),
 }
 
 
@@ -99,7 +99,7 @@ class JobBase(StrictModel):
         """Kind-specific checks of the config against the spec alone (no files, no shell); raise ConfigError.
 
         Checks that read files, tokenizers or the environment are the kind's area preflight
-        (``KINDS[kind].preflight``), run after this one by :func:`rayworks.preflight.preflight`.
+        (``KINDS[kind].preflight``), run after this one by :func:`rayworks.client.preflight.preflight`.
         """
 
     def sub_jobs(self, spec: "ClusterSpec") -> list["JobBase"]:

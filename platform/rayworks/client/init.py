@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rayworks.errors import ConfigError
 
-DEFAULTS = Path(__file__).resolve().parent / "defaults"
+DEFAULTS = Path(__file__).resolve().parents[1] / "defaults"
 # Kept out of git by the project's .gitignore; also keeps Ray from uploading data with
 # `ray job submit --working-dir .` (Ray skips what .gitignore lists).
 GITIGNORE = "/artifacts/\n"

@@ -131,9 +131,9 @@ def build_corpus(pipe: PipelineJob) -> None:
 
 def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, follow: bool = True) -> dict:
     """Runs the pipeline; returns a summary (stage -> ran/skipped, outputs, smoke-test text)."""
-    from rayworks.submit import submit_job
+    from rayworks.client.submit import submit_job
 
-    from rayworks.preflight import check_config
+    from rayworks.client.preflight import check_config
 
     spec = pipe.cluster_spec()
     # Every stage's config (with the links filled in) must be valid before the first one runs.
@@ -151,7 +151,7 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         if stage == "serve" and pipe.serve is None:
             break
         job = pipe.stage_job(stage, links)
-        from rayworks.preflight import preflight
+        from rayworks.client.preflight import preflight
 
         if stage == "serve" and spec.provider.type == "local":
             ensure_api_key(job)

@@ -50,8 +50,8 @@ def update(model_id: str, source: str, cluster: str | None = None, name: str | N
            wait: bool = True, timeout_s: float | None = None) -> str:
     """Redeploys the serve job with a new source for one model; returns the Ray job id."""
     from rayworks.config.cluster import load_cluster_spec
-    from rayworks.preflight import preflight
-    from rayworks.submit import submit_job
+    from rayworks.client.preflight import preflight
+    from rayworks.client.submit import submit_job
 
     spec = load_cluster_spec(cluster)
     job_name = pick_name(spec.storage.uri, name)

@@ -17,12 +17,12 @@ from rayworks.errors import RayworksError
 
 PLUGINS = [
     "rayworks.cluster.cli",     # cluster render / validate
-    "rayworks.data.cli",        # corpus
-    "rayworks.train.cli",       # export
-    "rayworks.serve.cli",       # serve update / render
-    "rayworks.pipeline_cli",    # run, lineage
-    "rayworks.monitor",         # monitor up / down
-    "rayworks.init",            # init DIR: a starter project
+    "rayworks.client.corpus_cli",        # corpus
+    "rayworks.client.export_cli",       # export
+    "rayworks.client.serve_cli",       # serve update / render
+    "rayworks.client.pipeline_cli",    # run, lineage
+    "rayworks.client.monitor",         # monitor up / down
+    "rayworks.client.init",            # init DIR: a starter project
 ]
 
 
@@ -64,7 +64,7 @@ def cmd_status(a):
 def cmd_submit(a):
     if a.dry_run:
         return dry_run(a)
-    from rayworks.submit import submit
+    from rayworks.client.submit import submit
 
     submit(a.job, cluster=a.cluster, address=a.address, overrides=a.set, follow=a.follow, wait=not a.no_wait)
 
@@ -75,7 +75,7 @@ def dry_run(a) -> int:
 
     from rayworks.config.cluster import load_cluster_spec
     from rayworks.config.jobs import load_job
-    from rayworks.preflight import preflight
+    from rayworks.client.preflight import preflight
 
     job = load_job(a.job, a.set)
     if a.cluster:
@@ -94,7 +94,7 @@ def dry_run(a) -> int:
 
 
 def _client(a):
-    from rayworks.submit import client
+    from rayworks.client.submit import client
 
     return client(_spec(a.cluster) if not a.address else None, a.address)
 
@@ -105,7 +105,7 @@ def cmd_jobs(a):
 
 
 def cmd_logs(a):
-    from rayworks.submit import wait_for
+    from rayworks.client.submit import wait_for
 
     c = _client(a)
     if a.follow:
@@ -131,7 +131,7 @@ def cmd_schema(a):
 
 def cmd_validate(a):
     from rayworks.config.jobs import load_job
-    from rayworks.preflight import preflight
+    from rayworks.client.preflight import preflight
 
     job = load_job(a.job, a.set)
     spec = _spec(a.cluster or job.cluster)

@@ -25,10 +25,10 @@ from rayworks.cluster.auth import apply_auth_env
 from rayworks.config.cluster import ClusterSpec, load_cluster_spec
 from rayworks.config.jobs import JobBase, dump_job, load_job
 from rayworks.errors import ClusterError, ConfigError, JobFailedError
-from rayworks.preflight import preflight
+from rayworks.client.preflight import preflight
 from rayworks.secrets import sealed_runtime_env
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the rayworks package, shipped to every job
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 JOB_FILE = "rayworks_job.yaml"
 SPEC_FILE = "rayworks_cluster.yaml"

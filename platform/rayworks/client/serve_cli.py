@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def cmd_update(a) -> int:
-    from rayworks.serve.rollout import update
+    from rayworks.client.rollout import update
 
     update(a.model, a.source, cluster=a.cluster, name=a.name, wait=not a.no_wait)
     return 0

@@ -7,7 +7,7 @@ import json
 
 def cmd_run(a):
     from rayworks.config.pipeline import load_pipeline
-    from rayworks.pipeline import run
+    from rayworks.client.pipeline import run
 
     pipe = load_pipeline(a.pipeline, a.set)
     run(pipe, address=a.address, bring_up=True, follow=not a.quiet)
@@ -15,7 +15,7 @@ def cmd_run(a):
 
 def cmd_lineage(a):
     from rayworks.config.cluster import load_cluster_spec
-    from rayworks.lineage import chain, format_chain
+    from rayworks.client.lineage import chain, format_chain
 
     spec = load_cluster_spec(a.cluster)
     nodes = chain(a.target, spec.storage.uri)
