@@ -131,7 +131,7 @@ def test_chunks_commit_resume_and_assemble(tmp_path):
     from rayworks.generate import chunks
 
     job = make(tmp_path, output={"uri": str(tmp_path / "out"), "num_rows_per_chunk": 2, "format": "jsonl"})
-    out = job.output_uri()
+    out = job.artifact_uri()
     chunks.check_plan(job, out, ["abc"], "m1")
     chunks.check_plan(job, out, ["abc"], "m1")  # same plan: resumes
     with pytest.raises(ConfigError, match="different input_sha256"):

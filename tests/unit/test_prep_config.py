@@ -26,7 +26,7 @@ def test_example_config_validates_and_resolves_paths():
     job = load_job(REPO / "jobs" / "configs" / "prep.yaml")
     assert job.kind == "prep" and job.seq_len == 256
     assert job.inputs[0].path == str(REPO / "artifacts" / "corpus" / "python-docs" / "*.jsonl")
-    assert job.output().endswith("/prep/python-docs")
+    assert job.artifact_uri().endswith("/prep/python-docs")
 
 
 def test_strict_fields_and_cross_checks(tmp_path):

@@ -24,17 +24,11 @@ def _say(msg: str) -> None:
 
 def stage_outputs(stage: str, job, spec: ClusterSpec) -> dict[str, str]:
     """Where a stage's manifest (and, for train, the export) lands."""
-    if stage == "prep":
-        out = job.output()
-        return {"output": out, "manifest": f"{out}/manifest.json"}
+    out = job.artifact_uri(spec)
+    links = {"output": out, "manifest": f"{out}/manifest.json"}
     if stage == "train":
-        out = job.output_uri(spec)
-        return {"output": out, "manifest": f"{out}/manifest.json", "export_dir": f"{out}/export",
-                "export_manifest": f"{out}/export/rayworks_export.json"}
-    from rayworks.serve.manifest import manifest_uri
-
-    return {"output": manifest_uri(spec.storage.uri, job.name).rsplit("/", 1)[0],
-            "manifest": manifest_uri(spec.storage.uri, job.name)}
+        links.update(export_dir=f"{out}/export", export_manifest=f"{out}/export/manifest.json")
+    return links
 
 
 def record_uri(job: PipelineJob, spec: ClusterSpec, stage: str) -> str:

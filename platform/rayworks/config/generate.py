@@ -111,11 +111,8 @@ class GenerateJob(JobBase):
                              f"({self.engine.max_model_len})")
         return self
 
-    def output_uri(self) -> str:
-        """The output folder: output.uri, else {storage}/generate/{name}."""
-        if self.output.uri:
-            return self.output.uri
-        return f"{self.cluster_spec().storage.uri.rstrip('/')}/generate/{self.name}"
+    def explicit_output(self) -> str | None:
+        return self.output.uri
 
     def resource_request(self) -> list[Bundle]:
         e = self.engine

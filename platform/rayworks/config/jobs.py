@@ -118,6 +118,24 @@ class JobBase(StrictModel):
 
         return load_cluster_spec(self.cluster)
 
+    def explicit_output(self) -> str | None:
+        """The kind's own output setting, if the user gave one (prep ``output_uri``, train
+        ``run.output_uri``, generate ``output.uri``); None means the convention."""
+        return None
+
+    def artifact_uri(self, spec: "ClusterSpec | None" = None) -> str:
+        """Where this job's artifact (its folder with ``manifest.json``) lives, for every kind:
+        the explicit output setting, else ``{storage}/{kind}/{name}``."""
+        explicit = self.explicit_output()
+        if explicit:
+            return explicit.rstrip("/")
+        return default_artifact_uri((spec or self.cluster_spec()).storage.uri, self.kind, self.name)
+
+
+def default_artifact_uri(storage_uri: str, kind: str, name: str) -> str:
+    """The output convention: ``{storage}/{kind}/{name}``."""
+    return f"{storage_uri.rstrip('/')}/{kind}/{name}"
+
 
 def _is_uri(p: str) -> bool:
     return "://" in p

@@ -125,12 +125,10 @@ class PipelineJob(JobBase):
 
 def stage_links(stage: str, job: JobBase, spec: "ClusterSpec") -> dict[str, str]:
     """What the stages after this one read from it: prep's output folder, train's export folder."""
-    storage = spec.storage.uri.rstrip("/")
     if stage == "prep":
-        out = getattr(job, "output_uri", None)
-        return {"prep_output": out.rstrip("/") if out else f"{storage}/prep/{job.name}"}
+        return {"prep_output": job.artifact_uri(spec)}
     if stage == "train":
-        return {"export_dir": f"{job.output_uri(spec)}/export"}  # type: ignore[attr-defined]
+        return {"export_dir": f"{job.artifact_uri(spec)}/export"}
     return {}
 
 

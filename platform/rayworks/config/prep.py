@@ -100,8 +100,5 @@ class PrepJob(JobBase):
 
     # Inputs and the tokenizer folder are checked by rayworks.data.preflight (KINDS["prep"]).
 
-    def output(self) -> str:
-        """The output directory/URI (default {storage}/prep/{name})."""
-        if self.output_uri:
-            return self.output_uri.rstrip("/")
-        return f"{self.cluster_spec().storage.uri.rstrip('/')}/prep/{self.name}"
+    def explicit_output(self) -> str | None:
+        return self.output_uri

@@ -198,12 +198,8 @@ class TrainJob(JobBase):
                                   f"{spec.name!r} offers that much {name!r}; add it to a node's `resources` "
                                   "or remove it")
 
-    def output_uri(self, spec: "ClusterSpec | None" = None) -> str:
-        """Where this run writes: run.output_uri or {storage}/train/{name}."""
-        if self.run.output_uri:
-            return self.run.output_uri.rstrip("/")
-        spec = spec or self.cluster_spec()
-        return f"{spec.storage.uri.rstrip('/')}/train/{self.name}"
+    def explicit_output(self) -> str | None:
+        return self.run.output_uri
 
     def resolved_deepspeed(self, num_steps: int) -> dict[str, Any]:
         return resolve_deepspeed(self.deepspeed, self.scaling.num_workers, self.scaling.use_gpu, num_steps)

@@ -56,7 +56,7 @@ def run(job: PrepJob) -> dict:
         if "://" in job.tokenizer.path or not (Path(job.tokenizer.path) / "tokenizer.json").is_file():
             raise ConfigError(f"tokenizer.path: {job.tokenizer.path} is not a local tokenizer directory with "
                               "tokenizer.json; unset it to train one")
-    out = job.output()
+    out = job.artifact_uri()
     artifacts.check_output_dir(job.output_uri or out, artifacts.storage_root(job), "output_uri", kind="prep")
     cfg = manifest_config(job)
     chash = config_hash(cfg)

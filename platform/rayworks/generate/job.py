@@ -186,7 +186,7 @@ def _target(job: GenerateJob, out: str) -> str:
 def run(job: GenerateJob) -> dict:
     """Runs a generate job to completion (resuming an earlier run's chunks); returns the summary."""
     check_paths(job)
-    out = job.output_uri()
+    out = job.artifact_uri()
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log(f"run {run_id}: model {job.model}, input {job.input.path}")
     log(f"output: {out}")

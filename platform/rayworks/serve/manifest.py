@@ -15,16 +15,14 @@ from typing import Any
 
 from rayworks import artifacts, storage
 from rayworks.config.base import config_hash
+from rayworks.config.jobs import default_artifact_uri
 from rayworks.config.serve import ServeJob
 from rayworks.errors import ConfigError
 
 
-def output_dir(storage_uri: str, name: str) -> str:
-    return storage.join(storage_uri, "serve", name)
-
-
 def manifest_uri(storage_uri: str, name: str) -> str:
-    return storage.join(output_dir(storage_uri, name), artifacts.MANIFEST)
+    """The manifest of serve job ``name`` (the output convention, without the job's config at hand)."""
+    return storage.join(default_artifact_uri(storage_uri, "serve", name), artifacts.MANIFEST)
 
 
 def inputs(job: ServeJob) -> list[dict[str, Any]]:
@@ -57,7 +55,7 @@ def write(job: ServeJob, manifest: dict) -> str:
     """
     artifacts.Manifest.model_validate(manifest)
     root = job.cluster_spec().storage.uri
-    folder = output_dir(root, job.name)
+    folder = job.artifact_uri()
     artifacts.check_output_dir(folder, root, "serve manifest folder", kind="serve")
     artifacts.mark(folder, "serve")
     uri = manifest_uri(root, job.name)

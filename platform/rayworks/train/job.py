@@ -107,7 +107,7 @@ def run(job: TrainJob) -> dict:
 
     spec = job.cluster_spec()
     prep = check_job_inputs(job)
-    out = job.output_uri(spec)
+    out = job.artifact_uri(spec)
     steps = num_steps(job, prep)
     artifacts.verify_before_use(prep.uri, storage.join(out, "inputs_verified.json"), "data.prep_uri")
     # Before any cluster work: a run resumes only checkpoints of the same work (rayworks.train.resume).

@@ -21,4 +21,4 @@ def check(job: "TrainJob", spec: "ClusterSpec") -> None:
     from rayworks.train.resume import check_before_submit
 
     prep = check_job_inputs(job)
-    check_before_submit(job, prep.manifest_sha256, job.output_uri(spec))
+    check_before_submit(job, prep.manifest_sha256, job.artifact_uri(spec))
