@@ -35,8 +35,12 @@ demo: setup
 
 # One pytest session, tiers in order (tests/conftest.py): unit (seconds; a failure there stops
 # the run before any cluster starts), then integration, then e2e. Every test has a timeout.
+# Two pytest processes, fastest tier first: a broken unit test fails in about a minute, and no
+# state a unit test leaves in its process (Ray reads RAY_AUTH_MODE once per process) reaches
+# the integration and e2e tiers, which share one session cluster and one e2e pipeline run.
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

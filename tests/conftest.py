@@ -77,7 +77,11 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAG
                # The session's local head binds to loopback (rayworks.cluster.auth.LOCAL_NODE_ENV): a
                # driver in this process must resolve 127.0.0.1 as 127.0.0.1 to reach it. Ray reads
                # this when it is imported, so it is set here, before any test imports ray.
-               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               # Every cluster the tests start has token auth on, and Ray reads the mode once per
+               # process: a unit test that touches Ray first must not fix it at 'disabled' for the
+               # integration tests that may follow in the same process (`pytest tests`).
+               "RAY_AUTH_MODE": "token"}.items():
     os.environ.setdefault(_k, _v)
 
 

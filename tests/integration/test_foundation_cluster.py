@@ -108,7 +108,7 @@ def test_unreachable_address_is_a_clear_error(local_cluster):
     proc = local_cluster.rayworks("jobs", "--address", "http://127.0.0.1:9", timeout=120)
     assert proc.returncode == 2
     err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(err) == 1 and "cannot reach the Ray cluster at http://127.0.0.1:9" in err[0], proc.stderr
+    assert len(err) == 1 and "nothing listens on http://127.0.0.1:9" in err[0] and "rayworks up" in err[0], proc.stderr
 
 
 def test_up_again_and_status(local_cluster):
