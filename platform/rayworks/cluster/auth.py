@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rayworks.config.cluster import ClusterSpec
+from rayworks.config.cluster import ClusterSpec, is_loopback_host
 from rayworks.errors import ClusterError
 
 
@@ -123,16 +123,9 @@ _VERIFIED: set[str] = set()
 
 def is_loopback_url(url: str) -> bool:
     """True when ``url``'s host is localhost or a loopback address."""
-    import ipaddress
     from urllib.parse import urlparse
 
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlparse(url).hostname or "")
 
 
 def forget_verified(url: str) -> None:

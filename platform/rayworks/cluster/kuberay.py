@@ -32,7 +32,7 @@ import re
 import yaml
 
 from rayworks.cluster.rayup import LABEL_GROUP, LABEL_ROLE, accelerator_resource, role_resource
-from rayworks.config.cluster import ClusterSpec, NodeType, _is_loopback
+from rayworks.config.cluster import ClusterSpec, NodeType, is_loopback_host
 from rayworks.errors import ConfigError
 
 API_VERSION = "ray.io/v1"
@@ -147,7 +147,7 @@ def raycluster_spec(spec: ClusterSpec) -> dict:
     if spec.provider.type != "kubernetes":
         raise ConfigError(f"provider.type={spec.provider.type}: the kuberay target renders kubernetes specs; "
                           "use --target ray-up for aws/gcp")
-    if _is_loopback(spec.dashboard.host):
+    if is_loopback_host(spec.dashboard.host):
         raise ConfigError(f"dashboard.host={spec.dashboard.host!r}: on Kubernetes the KubeRay operator reaches the "
                           "dashboard through the head Service; set dashboard.host: 0.0.0.0 (token auth stays on)")
     metrics = {"name": "metrics", "containerPort": spec.metrics.export_port}

@@ -256,7 +256,7 @@ class ClusterSpec(StrictModel):
         if self.provider.type != "local":
             raise ValueError(f"auth.mode=disabled on provider.type={self.provider.type}: {why}; keep auth.mode=token")
         for field, host in (("dashboard.host", self.dashboard.host), ("serve.host", self.serve.host)):
-            if not _is_loopback(host):
+            if not is_loopback_host(host):
                 raise ValueError(f"auth.mode=disabled with {field}={host!r} exposes the Jobs API "
                                  f"(remote code execution); keep auth.mode=token or bind {field} to 127.0.0.1")
         if self.serve.ha_proxy:
@@ -273,7 +273,8 @@ class ClusterSpec(StrictModel):
         return [("head", self.head, 1)] + [(g.name, g, g.max_workers) for g in self.worker_groups]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
