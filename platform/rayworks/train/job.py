@@ -101,8 +101,6 @@ def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int):
 
 def run(job: TrainJob) -> dict:
     """Trains, exports and writes the manifest; returns the manifest."""
-    import ray
-
     from rayworks.rayinit import ensure_ray, warn_if_no_room
 
     spec = job.cluster_spec()
@@ -120,10 +118,7 @@ def run(job: TrainJob) -> dict:
           f"tokens, {job.scaling.num_workers} {'GPU' if job.scaling.use_gpu else 'CPU'} workers, ZeRO stage "
           f"{ds['zero_optimization'].get('stage', 0)}")
     print(f"[rayworks]   output: {out} ({start})")
-    try:
-        print(f"[rayworks]   dashboard: {ray.get_runtime_context().gcs_address} (Ray dashboard 'Train' tab)")
-    except Exception:  # noqa: BLE001 - informational only
-        pass
+    print(f"[rayworks]   dashboard: {spec.dashboard_url}/#/train (Ray dashboard, 'Train' tab)")
     t0 = time.time()
     result = build_trainer(job, prep, out, steps).fit()
     if result.error:
