@@ -125,18 +125,29 @@ def busy_cluster(ray_on_cluster):
 
 def test_every_listener_is_loopback_or_allow_listed(busy_cluster):
     spec = busy_cluster.spec
-    socks = listeners(busy_cluster)
+    expected = {spec.local.gcs_port, spec.dashboard.port, spec.metrics.export_port, spec.local.ray_client_port,
+                spec.local.dashboard_agent_listen_port, spec.serve.port}
+    if spec.serve.ha_proxy:  # HAProxy is seen too (the allow-list is exercised)
+        expected |= {spec.serve.haproxy_stats_port, spec.serve.haproxy_metrics_port}
+    # HAProxy reloads (a new process takes over the front door) whenever Serve's routes change,
+    # e.g. as an earlier module's app goes away: list again until the whole cluster is in view.
+    # Every listing taken is checked below, not only the last.
+    seen = []
+    for _ in range(30):
+        socks = listeners(busy_cluster)
+        seen.append(socks)
+        if expected <= {s["port"] for s in socks}:
+            break
+        time.sleep(1)
     names = {s["name"] for s in socks}
+    ports = {s["port"] for s in socks}
     # The listing sees the whole cluster: the GCS, the raylet, the agents, a worker and HAProxy.
     assert {"gcs_server", "raylet"} <= names, names
     assert any(n.startswith("ray::DashboardAgent") for n in names), names
-    ports = {s["port"] for s in socks}
-    assert {spec.local.gcs_port, spec.dashboard.port, spec.metrics.export_port, spec.local.ray_client_port,
-            spec.local.dashboard_agent_listen_port, spec.serve.port} <= ports, sorted(ports)
-    if spec.serve.ha_proxy:  # HAProxy and the Serve replica are seen too (the allow-list is exercised)
-        assert {spec.serve.haproxy_stats_port, spec.serve.haproxy_metrics_port} <= ports, sorted(ports)
+    assert expected <= ports, sorted(ports)
+    if spec.serve.ha_proxy:  # and the Serve replica (its port is allow-listed)
         assert any(n.startswith("ray::ServeReplica") for n in names), names
-    off = [s for s in socks if not _loopback(s["ip"])]
+    off = [s for listing in seen for s in listing if not _loopback(s["ip"])]
     unexplained = [s for s in off if allow_reason(s, spec) is None]
     assert not unexplained, "listening off loopback without an allow-list entry: " + "; ".join(
         f"{s['ip']}:{s['port']} {s['name']} ({s['cmd'][:80]})" for s in unexplained)
