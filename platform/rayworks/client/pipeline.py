@@ -65,12 +65,9 @@ def ensure_api_key(job) -> None:
     path = job.auth.api_keys_file
     if not path or os.path.exists(path):
         return
-    import secrets
+    from rayworks.client.serve_cli import write_api_key
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"rw-{secrets.token_urlsafe(32)}\n")
+    write_api_key(path)
     _say(f"serve: wrote a new API key to {path} (mode 0600)")
 
 

@@ -54,21 +54,32 @@ def cmd_render(a) -> int:
     return 0
 
 
-def cmd_keygen(a) -> int:
+def write_api_key(path: str | Path, replace: bool = False) -> None:
+    """Writes a new API key to ``path``, readable only by its owner (0600).
+
+    The one key writer (``serve keygen`` and the pipeline's local key file). Without
+    ``replace`` an existing file is an error (O_EXCL); with it the file is rewritten in place.
+    """
     import os
     import secrets
 
-    p = Path(a.file).expanduser()
-    if p.exists() and not a.force:
-        print(f"{p} exists; keeping it (--force makes a new key)")
-        return 0
+    p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)
     # O_NOFOLLOW: never write a key through a symlink someone planted at that path.
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (0 if replace else os.O_EXCL)
+    fd = os.open(p, flags, 0o600)
     os.fchmod(fd, 0o600)  # the mode above applies only to a new file; --force may replace a 0644 one
     os.ftruncate(fd, 0)   # only after the chmod: the new key is never in a file others can read
     with os.fdopen(fd, "w") as f:
         f.write(f"rw-{secrets.token_urlsafe(32)}\n")
+
+
+def cmd_keygen(a) -> int:
+    p = Path(a.file).expanduser()
+    if p.exists() and not a.force:
+        print(f"{p} exists; keeping it (--force makes a new key)")
+        return 0
+    write_api_key(p, replace=True)
     print(f"wrote a new API key to {p} (mode 0600); clients send it as 'Authorization: Bearer <key>'")
     return 0
 
