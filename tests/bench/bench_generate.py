@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procs import install, run_owned
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -76,8 +77,7 @@ def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, o
 
 def _child(kind: str, args: list[str]) -> dict:
     """Runs one side in a fresh process (vLLM spawns engine processes; each side gets a clean box)."""
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, *args], env={**os.environ, **ENV},
-                          capture_output=True, text=True, cwd=REPO)
+    proc = run_owned([sys.executable, __file__, "--child", kind, *args], env={**os.environ, **ENV}, cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             return json.loads(line.split(" ", 1)[1])
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("child_args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    install()
     if a.child:
         for k, v in ENV.items():
             os.environ.setdefault(k, v)

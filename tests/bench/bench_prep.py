@@ -33,6 +33,8 @@ import time
 import unicodedata
 from pathlib import Path
 
+from procs import install
+
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 MIN_CHARS, MAX_CHARS = 64, 200_000
 
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="run only these (e.g. `--size-mb 1000 --only rayworks` for the memory check: the "
                          "corpus is then never loaded into this process, so peak memory is rayworks' own)")
     args = ap.parse_args(argv)
+    install()
     runs = args.only or ["ceiling", "datasets", "rayworks"]
     os.environ.update({"TOKENIZERS_PARALLELISM": "true", "RAY_USAGE_STATS_ENABLED": "0",
                        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})

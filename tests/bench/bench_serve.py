@@ -22,13 +22,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procs import install, owned, run_owned
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000")) + 60
@@ -122,15 +123,10 @@ def run_vllm(model: str) -> dict:
            "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(ENGINE["max_model_len"]),
            "--dtype", ENGINE["dtype"], "--enforce-eager", "--api-key", KEY]
     log_path = Path(tempfile.gettempdir()) / f"bench_serve_vllm_{port}.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
+    with open(log_path, "w") as log, owned(cmd, env={**os.environ, **ENV}, stdout=log,
+                                           stderr=subprocess.STDOUT) as proc:
         wait_http(f"http://127.0.0.1:{port}", key=KEY, proc=proc, log=log_path)
         return asyncio.run(load(f"http://127.0.0.1:{port}", KEY))
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
 
 
 def run_rayworks(model: str, ha_proxy: bool) -> dict:
@@ -188,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--model", default=os.environ.get("RAYWORKS_BENCH_MODEL"))
     a = ap.parse_args(argv)
+    install()
     if a.one:
         one(a.one, a.model)
         return {}
@@ -200,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for s in a.setups:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--one", s, "--model", model], capture_output=True,
-                              text=True, env={**os.environ, **ENV})
+        proc = run_owned([sys.executable, __file__, "--one", s, "--model", model], env={**os.environ, **ENV})
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(f"{s}: failed (rc {proc.returncode})\n{proc.stderr[-2000:]}")

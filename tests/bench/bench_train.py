@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procs import install, owned
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
@@ -99,7 +101,9 @@ def run_ddp(a, prep: str) -> dict:
                "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len), "--hidden", str(a.hidden),
                "--layers", str(a.layers), "--lr", str(a.lr)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'platform'}"}
-        subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        with owned(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL) as proc:
+            if proc.wait() != 0:
+                raise RuntimeError(f"DDP baseline failed (rc {proc.returncode}): {' '.join(cmd)}")
         return json.loads(Path(res).read_text())
 
 
@@ -134,9 +138,10 @@ def run_rayworks(a, prep: str, out: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse(argv)
-    if a.ddp_worker:
+    if a.ddp_worker:  # a torchrun worker: torchrun owns it
         ddp_worker(a)
         return {}
+    install()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with tempfile.TemporaryDirectory(prefix="rw-bench-train-") as tmp:
         prep = a.prep

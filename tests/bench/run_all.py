@@ -10,10 +10,11 @@ on time. Run one alone with `python tests/bench/bench_<area>.py --help`.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from procs import install, owned
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["prep", "train", "serve", "generate"]
@@ -21,12 +22,14 @@ ORDER = ["prep", "train", "serve", "generate"]
 
 def main(argv: list[str]) -> int:
     names = argv or ORDER
+    install()  # Ctrl-C or SIGTERM: the running benchmark's whole process tree is stopped, nothing stays
     failed = []
     for name in names:
         script = HERE / f"bench_{name}.py"
         print(f"\n===== bench {name}: {script.name} =====", flush=True)
         t0 = time.time()
-        rc = subprocess.call([sys.executable, str(script)])
+        with owned([sys.executable, str(script)]) as proc:
+            rc = proc.wait()
         print(f"===== bench {name}: exit {rc} after {time.time() - t0:.0f}s =====", flush=True)
         if rc != 0:
             failed.append(name)
