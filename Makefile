@@ -52,6 +52,7 @@ test-e2e: setup
 	$(PY) -m pytest tests -m e2e $(PYTEST_ARGS)
 
 bench: setup
+	$(PY) -m pip install -q -e '.[$(EXTRA),dev,bench]'
 	$(PY) tests/bench/run_all.py
 
 render: setup

@@ -73,6 +73,50 @@ def run_var(metric: str) -> Variable:
 
 # ---------------------------------------------------------------- data prep
 PREP_SEL = 'job="prep", run=~"$run"'
+
+# Curation drop reasons (rayworks.data.quality / langid / decontam) -> what the panel says.
+# tests/unit/test_quality.py checks this list against the reasons the code can emit.
+CURATION_REASONS: tuple[tuple[str, str], ...] = (
+    ("quality.c4_curly_braces", "C4: more curly braces than quality.c4.max_curly_braces (code, templates)."),
+    ("quality.c4_too_few_lines", "C4: fewer than quality.c4.min_lines lines left after the C4 line rules."),
+    ("quality.word_count", "Gopher: word count outside quality.gopher.min_words..max_words."),
+    ("quality.mean_word_length", "Gopher: mean word length outside min/max_mean_word_length."),
+    ("quality.symbol_ratio", "Gopher: too many '#' and ellipses per word (tag lists, truncated snippets)."),
+    ("quality.ellipsis_lines", "Gopher: too many lines ending in an ellipsis (truncated listings)."),
+    ("quality.bullet_lines", "Gopher: (almost) every line is a bullet (menus, link lists)."),
+    ("quality.alpha_words", "Gopher: too few words with a letter (tables of numbers, garbage)."),
+    ("quality.stop_words", "Gopher: too few stop words (not running prose in the expected language)."),
+    ("quality.duplicate_lines", "Gopher: too many repeated lines, by count or by characters (boilerplate)."),
+    ("quality.top_ngram", "Gopher: one word n-gram covers too much of the text (spam, keyword stuffing)."),
+    ("quality.duplicate_ngram", "Gopher: too much of the text sits in repeated word n-grams."),
+    ("lang.other", "Language ID: the most likely language is not in language.keep."),
+    ("lang.low_confidence", "Language ID: a kept language, but below language.min_confidence."),
+    ("decontam.ngram", "Decontamination: shares a word n-gram with the evaluation set (decontam.path)."),
+)
+
+
+def _reason_panel(reason: str, what: str) -> Panel:
+    return Panel(f"Dropped: {reason}", "short",
+                 f"{what} Documents dropped for this reason in each run (a dry run drops none: see the "
+                 "inspection file).",
+                 ((f'sum by (run) (ray_rayworks_prep_documents_dropped_total{{{PREP_SEL}, reason="{reason}"}})',
+                   "{{run}}"),), kind="stat", width=6, height=5)
+
+
+CURATION_ROW = Row("Data quality (curation stages)", (
+    Panel("Lines removed by the C4 rules, by rule", "short",
+          "Lines the C4 line rules removed from documents they kept or dropped, by rule (javascript, "
+          "lorem_ipsum, policy, no_terminal_punct, short_line). Lines, not documents: a document only drops "
+          "when too few lines remain.",
+          (("sum by (run, rule) (ray_rayworks_prep_lines_removed_total{" + PREP_SEL + "})", "{{run}} {{rule}}"),),
+          kind="stat"),
+    Panel("PII redacted, by kind", "short",
+          "E-mail addresses, IPv4/IPv6 addresses and phone numbers replaced by placeholders before "
+          "tokenization, by kind (matches, not documents).",
+          (("sum by (run, kind) (ray_rayworks_prep_pii_redacted_total{" + PREP_SEL + "})", "{{run}} {{kind}}"),),
+          kind="stat"),
+    *(_reason_panel(r, w) for r, w in CURATION_REASONS),
+))
 PREP = Dashboard(
     uid="rayworks-prep", title="rayworks / Data prep",
     description="Raw text to packed token shards: throughput, drops and Ray Data's own view of the pipeline.",
@@ -115,6 +159,7 @@ PREP = Dashboard(
                   (("sum by (run, split) (ray_rayworks_prep_sequences_total{" + PREP_SEL + "})",
                     "{{run}} {{split}}"),), kind="stat"),
         )),
+        CURATION_ROW,
         Row("Ray Data (all datasets on the cluster)", (
             Panel("Rows output per second, by operator", "short",
                   "Rows each Ray Data operator hands downstream per second. The slowest operator sets the "

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.multinode_fixture import multinode_cluster, ray_on_multinode  # noqa: F401  (session multi-node cluster)
+
 REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000"))
 
@@ -112,6 +114,8 @@ def make_spec_dict(name: str, storage: Path, base: int = PORT_BASE) -> dict:
                                      "TOKENIZERS_PARALLELISM": "false"}},
         "dashboard": {"host": "127.0.0.1", "port": base + 1},
         "metrics": {"export_port": base + 2, "prometheus_url": f"http://127.0.0.1:{base + 90}"},
+        # The session's own MLflow server (started by `rayworks up`), never a demo's on :5000.
+        "tracking": {"port": base + 92},
         "serve": {"host": "127.0.0.1", "port": base + 3, "haproxy_stats_port": base + 6,
                   "haproxy_metrics_port": base + 7},
         "local": {"gcs_port": base, "ray_client_port": base + 4, "dashboard_agent_listen_port": base + 5,
@@ -218,13 +222,26 @@ def prometheus(local_cluster, tmp_path_factory):
 
 
 def _extra_docs(path: Path) -> None:
-    """Beside the python-docs corpus: exact duplicates and too-short documents the prep job must drop."""
+    """Beside the python-docs corpus: exact duplicates and too-short documents the prep job must drop,
+    one document per curation drop reason and one with PII to redact (tests/qualitydocs.py), and
+    the evaluation set decontamination reads (eval.jsonl beside ``path``)."""
     import pydoc_data.topics as t
+
+    from qualitydocs import EVAL_ROWS, PII_DOC, PLANTED
 
     docs = [t.topics[k] for k in sorted(t.topics)][:12]
     with open(path, "w") as f:
-        for d in docs + docs[:4] + ["tiny", "x" * 3]:
+        for d in docs + docs[:4] + ["tiny", "x" * 3] + list(PLANTED.values()) + [PII_DOC]:
             f.write(json.dumps({"text": d}) + "\n")
+    (path.parent / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in EVAL_ROWS))
+
+
+def _e2e_curation(eval_path: Path) -> dict:
+    """Every curation stage on, with thresholds the corpus passes and the planted documents fail."""
+    from qualitydocs import E2E_CURATION
+
+    return {**E2E_CURATION, "decontam": {**E2E_CURATION["decontam"], "path": str(eval_path),
+                                         "text_fields": ["question", "answer"]}}
 
 
 def pipeline_config(root: Path, spec_path: Path, keys: Path) -> dict:
@@ -236,6 +253,7 @@ def pipeline_config(root: Path, spec_path: Path, keys: Path) -> dict:
                  "inputs": [{"path": str(root / "corpus" / "*.jsonl"), "format": "jsonl"},
                             {"path": str(root / "extra.jsonl"), "format": "jsonl"}],
                  "clean": {"min_chars": 64}, "dedup": True,
+                 **_e2e_curation(root / "eval.jsonl"),
                  "tokenizer": {"vocab_size": 512, "sample_mb": 1}, "seq_len": 64, "val_fraction": 0.05,
                  "unit_mb": 1, "execution": {"num_workers": 2}},
         "train": {"kind": "train", "name": "e2e-train", "model": {"preset": "tiny"},

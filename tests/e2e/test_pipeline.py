@@ -67,7 +67,14 @@ def test_pipeline_end_to_end(local_cluster, pipeline_run):
     c = prep["counts"]
     assert c["documents_read"] == want["documents_read"]
     assert c["duplicates"] == want["duplicates"] >= 4
-    assert c["dropped"] == want["dropped"] and want["dropped"].get("too_short", 0) >= 2, (c, want)
+    cleaning = {k: v for k, v in c["dropped"].items() if "." not in k}  # curation reasons are dotted
+    assert cleaning == want["dropped"] and want["dropped"].get("too_short", 0) >= 2, (c, want)
+    # The curation stages dropped each planted document under its own reason, and nothing of the
+    # corpus (tests/qualitydocs.py), and redacted the planted PII.
+    from qualitydocs import PLANTED
+
+    assert {k: v for k, v in c["dropped"].items() if "." in k} == {r: 1 for r in PLANTED}, c["dropped"]
+    assert all(c["pii_redacted"].get(k, 0) >= 1 for k in ("pii.email", "pii.ipv4", "pii.ipv6", "pii.phone")), c
 
     # Training learned: validation loss fell from its step-0 value.
     train = json.loads((local_cluster.storage / "train" / "e2e-train" / "manifest.json").read_text())

@@ -3,8 +3,9 @@
 The spec lists the canary under runtime_env.secret_env_vars. A probe job submitted with
 rayworks' own runtime env (`rayworks.client.submit.runtime_env`) proves, by sha256, that its
 driver, a task and an actor saw the right value; a real prep job goes through
-`rayworks submit`; a real serve deploy takes its API key from the canary. Then every file
-under the Ray session directory (the runtime-env agent's and every worker's logs
+`rayworks submit`. (A real serve deploy's API key, passed the same way, is searched for by
+tests/integration/test_serve_app.py, whose app already takes its key from a secret env var:
+one engine start fewer.) Then every file under the Ray session directory (the runtime-env agent's and every worker's logs
 included), the storage, and every Jobs API answer (job list, job info, logs) is searched
 for the canary: it appears nowhere.
 """
@@ -17,8 +18,9 @@ import os
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
+
+from secretscan import files_holding, jobs_api_answers
 
 pytestmark = pytest.mark.integration
 
@@ -108,71 +110,15 @@ def test_prep_job_with_a_secret_runs_through_rayworks_submit(local_cluster, cana
     assert (local_cluster.storage / "prep" / "secrets-prep" / "manifest.json").is_file()
 
 
-@pytest.fixture(scope="module")
-def served_with_canary_key(local_cluster, canary_spec, tmp_path_factory):
-    """A real serve deploy whose API key is the canary, passed as a secret env var."""
-    from tinymodel import make_tiny_model
-
-    root = tmp_path_factory.mktemp("secrets-serve")
-    export = make_tiny_model(root / "export", seed=0, hidden=256)
-    job = {"kind": "serve", "name": "secrets-serve", "http": {"route_prefix": "/canary"},
-           "models": [{"id": "tiny", "source": str(export),
-                       "engine": {"max_model_len": 256, "dtype": "float32", "enforce_eager": True,
-                                  "cpu_kvcache_space_gb": 1}}],
-           "auth": {"api_keys_env": NAME},
-           "rollout": {"max_surge_percent": 0, "graceful_shutdown_timeout_s": 5}}
-    path = root / "serve.yaml"
-    path.write_text(yaml.safe_dump(job))
-    proc = local_cluster.rayworks("submit", str(path), "--cluster", str(canary_spec), timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    yield f"http://127.0.0.1:{local_cluster.serve_port}/canary"
-    # Deleted by a job on the cluster: this process need not join it as a driver.
-    from rayworks.client.submit import client, wait_for
-
-    c = client(local_cluster.spec)
-    wait_for(c, c.submit_job(entrypoint="python -c \"from ray import serve; serve.delete('secrets-serve')\""),
-             quiet=True, timeout_s=300)
-
-
-def test_serve_api_key_from_a_secret_env_var_guards_the_app(served_with_canary_key):
-    url = f"{served_with_canary_key}/v1/models"
-    assert requests.get(url, headers={"Authorization": f"Bearer {CANARY}"}, timeout=30).status_code == 200
-    assert requests.get(url, headers={"Authorization": "Bearer not-the-key"}, timeout=30).status_code == 401
-
-
-def _files_holding(root: Path, needle: bytes) -> list[str]:
-    hits = []
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            try:
-                if p.is_file() and not p.is_symlink() and needle in p.read_bytes():
-                    hits.append(str(p))
-            except OSError:
-                continue
-    return hits
-
-
 def test_the_canary_appears_nowhere(local_cluster, canary_spec):
-    # Runs after the serve test (file order), so its deploy and replicas are searched too.
-    from rayworks.cluster.auth import bearer_header
-    from rayworks.client.submit import client
-
     needle = CANARY.encode()
-    ids = _job_ids(local_cluster)
-    assert len(ids) >= 2
+    assert len(_job_ids(local_cluster)) >= 2
     temp = Path(local_cluster.spec.local.temp_dir)
     # The runtime-env agent logged our runtime envs (the sealed form): the search looks where Ray writes.
-    assert _files_holding(temp, b"RAYWORKS_SEALED_ENV"), f"no runtime env logged under {temp}?"
-    assert _files_holding(temp, needle) == []
-    assert _files_holding(local_cluster.storage, needle) == []
-    assert _files_holding(canary_spec.parent, needle) == []
-    c = client(local_cluster.spec)
-    hdr = bearer_header(local_cluster.spec)
-    answers = [requests.get(f"{local_cluster.dashboard_url}/api/jobs/", headers=hdr, timeout=30).text]
-    for i in ids:
-        answers.append(requests.get(f"{local_cluster.dashboard_url}/api/jobs/{i}", headers=hdr, timeout=30).text)
-        answers.append(repr(c.get_job_info(i)))
-        answers.append(c.get_job_logs(i))
+    assert files_holding(temp, b"RAYWORKS_SEALED_ENV"), f"no runtime env logged under {temp}?"
+    assert files_holding(temp, needle) == []
+    assert files_holding(local_cluster.storage, needle) == []
+    assert files_holding(canary_spec.parent, needle) == []
+    answers = jobs_api_answers(local_cluster)
     assert any("RAYWORKS_SEALED_ENV" in a for a in answers)  # the runtime env is there, sealed
     assert not [a[:200] for a in answers if CANARY in a]

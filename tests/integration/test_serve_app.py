@@ -309,3 +309,18 @@ def test_rollout_drops_no_request(served):
     texts = [t for _, t in results]
     assert texts[0] == served["want_v1"] and texts[-1] == served["want_v2"], (texts[:3], texts[-3:])
     assert set(texts) == {served["want_v1"], served["want_v2"]}
+
+
+def test_the_api_key_appears_nowhere(served):
+    """Last in the module (after the rollout's new replicas): the key, passed to `rayworks submit`
+    as a secret env var, is in no file Ray or rayworks wrote and in no Jobs API answer."""
+    from secretscan import files_holding, jobs_api_answers
+
+    cluster = served["cluster"]
+    temp = Path(cluster.spec.local.temp_dir)
+    assert files_holding(temp, b"RAYWORKS_SEALED_ENV"), f"no runtime env logged under {temp}?"
+    assert files_holding(temp, KEY.encode()) == []
+    assert files_holding(cluster.storage, KEY.encode()) == []
+    assert files_holding(served["spec_path"].parent, KEY.encode()) == []
+    answers = jobs_api_answers(cluster)
+    assert len(answers) > 2 and not [a[:200] for a in answers if KEY in a]

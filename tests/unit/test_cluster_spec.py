@@ -128,8 +128,8 @@ BAD = [
     ("secret-value-key", mutate(runtime_env={"env_vars": {"OPENAI": "sk-abcdefghijklmnop"}}),
      ["env_vars.OPENAI", "API key", "secret_env_vars"]),
     ("quote-in-region", mutate(provider={"type": "aws", "region": "us-west-2'"}), ["provider.region"]),
-    ("local-with-workers", mutate(provider={"type": "local"}, storage={"uri": "/tmp/x"}),
-     ["provider.type=local runs one head node"]),
+    ("local-workers-with-gpus", mutate(provider={"type": "local"}, storage={"uri": "/tmp/x"}),
+     ["worker_groups.train.num_gpus=8 on provider.type=local", "set num_gpus: 0"]),
     ("bad-port", mutate(dashboard={"port": 70000}), ["dashboard.port", "70000"]),
 ]
 

@@ -22,6 +22,7 @@ PLUGINS = [
     "rayworks.client.serve_cli",       # serve update / render
     "rayworks.client.pipeline_cli",    # run, lineage
     "rayworks.client.monitor",         # monitor up / down
+    "rayworks.client.tracking_cli",    # tracking up / down / status (MLflow)
     "rayworks.client.init",            # init DIR: a starter project
 ]
 
@@ -33,15 +34,21 @@ def _spec(path):
 
 
 def cmd_up(a):
+    from rayworks.client import tracking_cli
     from rayworks.cluster import local
 
-    local.up(_spec(a.spec))
+    spec = _spec(a.spec)
+    local.up(spec)
+    tracking_cli.up_with_cluster(spec)  # MLflow beside it (spec.tracking); a failure only warns
 
 
 def cmd_down(a):
+    from rayworks.client import tracking_cli
     from rayworks.cluster import local
 
-    local.down(_spec(a.spec))
+    spec = _spec(a.spec)
+    tracking_cli.down_with_cluster(spec)
+    local.down(spec)
 
 
 def cmd_status(a):
@@ -50,6 +57,11 @@ def cmd_status(a):
     spec = _spec(a.spec)
     st = local.status(spec)
     print(f"cluster {spec.name!r}: dashboard {spec.dashboard_url}")
+    if spec.worker_groups and spec.provider.type == "local":  # the autoscaler's own view: groups, demand
+        from rayworks.cluster import multinode
+
+        print(multinode.format_status(multinode.cluster_status(spec)))
+        st["nodes"] = []
     for n in st["nodes"]:
         raylet = n.get("raylet", {})
         res = raylet.get("resourcesTotal", {})

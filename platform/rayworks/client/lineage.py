@@ -60,7 +60,24 @@ def _facts(man: dict) -> str:
             parts.append(f"{k}={counts[k]}")
     if man.get("outputs"):
         parts.append(f"outputs={len(man['outputs'])} files")
+    tracking = man.get("tracking") or {}  # the MLflow run (and registered version) that holds this artifact
+    if tracking.get("run_id"):
+        parts.append(f"mlflow_run={tracking['run_id']}")
+    if tracking.get("model_version"):
+        parts.append(f"model_version={tracking['model_version']['uri']}")
     return " ".join(parts)
+
+
+def _train_tracking(export_manifest: str) -> str:
+    """An export inside a training run's output: that run's MLflow run and the version it registered."""
+    train = storage.join(storage.parent_of(storage.parent_of(export_manifest)), artifacts.MANIFEST)
+    try:
+        man = json.loads(storage.read_bytes(train)) if storage.is_file(train) else {}
+    except ValueError:
+        return ""
+    if man.get("kind") != "train" or not man.get("tracking"):
+        return ""
+    return " " + _facts({"tracking": man["tracking"]})
 
 
 def _file_node(node: dict, p: str, expected: str | None) -> None:
@@ -125,6 +142,8 @@ def chain(start: str, storage_uri: str | None = None) -> list[dict]:
             node.update(kind="manifest", status="INVALID", problems=problems + [str(exc)])
             return
         node.update(kind=man["kind"], facts=_facts(man))
+        if man["kind"] == "export" and not man.get("tracking"):
+            node["facts"] += _train_tracking(mpath)
         seen[mpath] = man["kind"]
         bad = artifacts.verify_outputs(storage.parent_of(mpath), man)
         if bad:

@@ -104,6 +104,38 @@ def smoke_test(job, spec: ClusterSpec, pipe: PipelineJob) -> str:
     raise JobFailedError(f"the served model did not answer the smoke-test completion at {base}: {last}")
 
 
+def serving_links(pipe: PipelineJob, spec: ClusterSpec, links: dict[str, str]) -> dict[str, str]:
+    """The eval stage's baseline: the serve stage's model now serving, when its files are still the ones
+    deployed (else the gate falls back on the scores recorded when it was promoted)."""
+    if pipe.serve is None:
+        return {}
+    from rayworks.eval.promote import serving_model
+
+    serve = pipe.stage_job("serve", links)
+    now = serving_model(spec.storage.uri, serve.name, serve.models[0].id)
+    if now is None:
+        _say("eval: no model is serving yet; the loss rule has nothing to compare with")
+        return {}
+    if not now.unchanged:
+        _say(f"eval: the serving model's files at {now.source} were replaced since it was deployed; "
+             "comparing with its scores recorded at promotion")
+        return {}
+    _say(f"eval: comparing the new model with the one serving ({now.source})")
+    return {"serving_source": now.source}
+
+
+def eval_gate(job, pipe: PipelineJob, spec: ClusterSpec, out: str) -> dict:
+    """Applies the eval stage's gate; raises GateFailedError (nothing deployed) with both scores side by side."""
+    from rayworks.eval.job import read_results
+    from rayworks.eval.promote import decide
+
+    results = read_results(out)
+    verdict = decide(job.gate, results, spec.storage.uri, pipe.name, f"the new model {job.model}")
+    if verdict.checks:
+        _say("eval: promotion gate passed\n" + verdict.table())
+    return results
+
+
 def build_corpus(pipe: PipelineJob) -> None:
     from pathlib import Path
 
@@ -132,7 +164,12 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
     if bring_up and spec.provider.type == "local" and address is None:
         from rayworks.cluster import local
 
+        was_down = local.probe(spec) == "down"
         local.up(spec)
+        if was_down:  # started here, as `rayworks up` would: MLflow beside it (a running cluster has its own)
+            from rayworks.client.tracking_cli import up_with_cluster
+
+            up_with_cluster(spec)
     build_corpus(pipe)
     links: dict[str, str] = {}
     upstream_sha = ""
@@ -141,6 +178,10 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
     for stage in STAGES:
         if stage == "serve" and pipe.serve is None:
             break
+        if stage == "eval" and pipe.eval is None:
+            continue
+        if stage == "eval":
+            links.update(serving_links(pipe, spec, links))
         job = pipe.stage_job(stage, links)
         from rayworks.client.preflight import preflight
 
@@ -170,7 +211,10 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
             write_bytes(rec_uri, json.dumps(rec, indent=2, sort_keys=True).encode())
             _say(f"{stage}: done in {rec['seconds']:.0f}s -> {outs['output']}")
             status = "ran"
-        summary["stages"][stage] = {"status": status, **outs, "manifest_sha256": rec["manifest_sha256"]}
+        summary["stages"][stage] = {"status": status, **outs, "manifest_sha256": rec["manifest_sha256"],
+                                    "job_id": rec.get("job_id"), "seconds": rec.get("seconds") if status == "ran" else None}
+        if stage == "eval":
+            summary["eval_results"] = eval_gate(job, pipe, spec, outs["output"])
         if stage == "prep":
             links["prep_output"] = outs["output"]
             upstream_sha = rec["manifest_sha256"]
@@ -178,6 +222,10 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
             links["export_dir"] = outs["export_dir"]
             exp = outs["export_manifest"]
             upstream_sha = sha256_bytes(read_bytes(exp)) if is_file(exp) else rec["manifest_sha256"]
+    if "serve" in jobs and "eval_results" in summary:  # the promoted model is the one serving now
+        from rayworks.eval.promote import record_serving
+
+        record_serving(spec.storage.uri, pipe.name, summary["eval_results"])
     if "serve" in jobs:
         base, key_env, _ = serve_endpoint(jobs["serve"], spec)
         summary["api_url"] = f"{base}/v1"
@@ -186,6 +234,12 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         summary["key_file"] = jobs["serve"].auth.api_keys_file
         if pipe.smoke_test.enabled:
             summary["smoke_text"] = smoke_test(jobs["serve"], spec, pipe)
+    from rayworks.tracking import pipeline as tracked, tracking_uri
+
+    # One parent MLflow run per pipeline run, a nested run per stage (linking each output's own run).
+    summary["mlflow"] = tracked.log_pipeline(spec, pipe.name, summary["stages"],
+                                             {"rayworks.api_url": summary.get("api_url", "")})
+    summary["mlflow_url"] = tracking_uri(spec)
     print_summary(summary, pipe)
     return summary
 
@@ -196,6 +250,9 @@ def print_summary(s: dict, pipe: PipelineJob) -> None:
     for stage, info in s["stages"].items():
         print(f"  {stage:<6} {info['status']:<8} {info['output']}")
     print(f"  dashboard: {s['dashboard_url']}")
+    if s.get("mlflow_url"):  # the MLflow UI, with this pipeline run's parent run when it was logged
+        run = (s.get("mlflow") or {}).get("run_id")
+        print(f"  MLflow:    {s['mlflow_url']}" + (f"   (pipeline run {run})" if run else "   (not reachable)"))
     if "api_url" not in s:
         return
     # Point at where the key lives; never print the key itself.

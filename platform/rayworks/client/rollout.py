@@ -46,20 +46,49 @@ def updated_job(manifest: dict, model_id: str, source: str) -> ServeJob:
     return job
 
 
+def gate_check(gate: str, model_id: str, source: str, spec, job_name: str, timeout_s: float | None = None) -> None:
+    """Runs the eval job ``gate`` on ``source`` beside the model now serving; raises GateFailedError on a fail.
+
+    The eval config's model and compare_to are replaced by the new source and the served model.
+    """
+    from rayworks.client.preflight import preflight
+    from rayworks.client.submit import submit_job
+    from rayworks.config.jobs import load_job
+    from rayworks.eval.job import read_results
+    from rayworks.eval.promote import decide, serving_model
+
+    now = serving_model(spec.storage.uri, job_name, model_id)
+    sets = [f"model={source}"] + ([f"compare_to={now.source}"] if now and now.unchanged else [])
+    ev = load_job(gate, sets, expect_kind="eval")
+    print(f"gate: evaluating {source} with {gate}" + (f" beside the served {now.source}" if len(sets) > 1 else ""))
+    preflight(ev, spec)
+    submit_job(ev, spec, wait=True, timeout_s=timeout_s)
+    verdict = decide(ev.gate, read_results(ev.artifact_uri(spec)), spec.storage.uri, None, f"the new model {source}")
+    print("gate: passed\n" + verdict.table())
+
+
 def update(model_id: str, source: str, cluster: str | None = None, name: str | None = None,
-           wait: bool = True, timeout_s: float | None = None) -> str:
+           wait: bool = True, timeout_s: float | None = None, gate: str | None = None) -> str:
     """Redeploys the serve job with a new source for one model; returns the Ray job id."""
     from rayworks.config.cluster import load_cluster_spec
     from rayworks.client.preflight import preflight
     from rayworks.client.submit import submit_job
 
     spec = load_cluster_spec(cluster)
+    if source.startswith("models:/"):
+        from rayworks.tracking import registry, tracking_uri
+
+        mv = registry.resolve(tracking_uri(spec), source)  # the export folder, its manifest checked
+        print(f"{source} -> {mv['name']} version {mv['version']}: {mv['source']}")
+        source = mv["source"]
     job_name = pick_name(spec.storage.uri, name)
     manifest = mf.read(spec.storage.uri, job_name)
     job = updated_job(manifest, model_id, source)
     if cluster:
         job.cluster = str(Path(cluster).resolve())
     old = next(m["source"] for m in manifest["config"]["models"] if m["id"] == model_id)
-    print(f"updating model {model_id!r} of serve job {job_name!r}: {old} -> {job.model(model_id).source}")
     preflight(job, spec)
+    if gate:  # before anything is redeployed: a failing model never replaces the served one
+        gate_check(gate, model_id, job.model(model_id).source, spec, job_name, timeout_s)
+    print(f"updating model {model_id!r} of serve job {job_name!r}: {old} -> {job.model(model_id).source}")
     return submit_job(job, spec, wait=wait, timeout_s=timeout_s)

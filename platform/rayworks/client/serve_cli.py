@@ -14,7 +14,7 @@ from pathlib import Path
 def cmd_update(a) -> int:
     from rayworks.client.rollout import update
 
-    update(a.model, a.source, cluster=a.cluster, name=a.name, wait=not a.no_wait)
+    update(a.model, a.source, cluster=a.cluster, name=a.name, wait=not a.no_wait, gate=a.gate)
     return 0
 
 
@@ -90,10 +90,14 @@ def register(sub) -> None:
 
     u = ss.add_parser("update", help="replace a served model's weights with zero dropped requests")
     u.add_argument("--model", required=True, help="model id in the serve job")
-    u.add_argument("--source", required=True, help="new export dir or s3:// / gs:// URI")
+    u.add_argument("--source", required=True, help="new export dir, s3:// / gs:// URI, or a registered "
+                                                    "model version: models:/NAME/VERSION or models:/NAME@ALIAS")
     u.add_argument("--name", help="serve job name (default: the only one deployed)")
     u.add_argument("--cluster", help="cluster spec YAML (default: cluster/local.yaml)")
     u.add_argument("--no-wait", action="store_true", help="return after submitting")
+    u.add_argument("--gate", metavar="EVAL_YAML",
+                   help="an eval job config whose gate rules the new source must pass (scored beside the served "
+                        "model) before it is deployed; a failing source is not deployed")
     u.set_defaults(func=cmd_update)
 
     r = ss.add_parser("render", help="render a serve job for `serve deploy` or KubeRay")

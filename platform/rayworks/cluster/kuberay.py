@@ -185,6 +185,13 @@ def raycluster_spec(spec: ClusterSpec) -> dict:
     }
     if spec.auth.mode == "token":
         out["authOptions"] = {"mode": "token", "secretName": spec.auth.k8s_secret_name}
+    if spec.head.fault_tolerance == "redis":
+        # GCS state in Redis: a restarted head pod finds its workers, actors and Serve apps again.
+        # The password comes from a Secret (`kubectl create secret generic <name> --from-file=password=...`).
+        out["gcsFaultToleranceOptions"] = {
+            "redisAddress": spec.head.redis_address,
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": spec.head.redis_password_secret,
+                                                             "key": "password"}}}}
     return out
 
 

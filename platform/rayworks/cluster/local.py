@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from rayworks.cluster import multinode
 from rayworks.cluster.auth import (DashboardDown, auth_env, bearer_header, ensure_token, forget_verified,
                                    verify_dashboard)
 from rayworks.config.cluster import ClusterSpec
@@ -100,6 +101,8 @@ def head_command(spec: ClusterSpec) -> list[str]:
     ]
     if resources:
         cmd.append(f"--resources={json.dumps(resources)}")
+    if multinode.is_multinode(spec):  # worker groups: the head's autoscaler launches them (multinode.py)
+        cmd.append(f"--autoscaling-config={multinode.config_path(STATE_DIR, spec)}")
     return cmd
 
 
@@ -123,6 +126,8 @@ def head_env(spec: ClusterSpec) -> dict[str, str]:
     if spec.metrics.grafana_url:
         env["RAY_GRAFANA_HOST"] = spec.metrics.grafana_url
     env.update(auth_env(spec))  # RAY_AUTH_MODE, the token path, and the loopback switch of a local node
+    if multinode.is_multinode(spec):
+        env.update(multinode.head_env())
     return env
 
 
@@ -150,8 +155,9 @@ def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
         try:
             return _start(spec, timeout_s, quiet)
         except ClusterError as exc:
-            # Ray gives the raylet a fixed 30 s to register; on a loaded 2-core box it can miss it.
-            if "timed out during startup" not in str(exc) or attempt == 2:
+            # Ray gives the raylet a fixed 30 s to register, and the dashboard a fixed wait to come up;
+            # on a loaded 2-core box either can miss it.
+            if not any(m in str(exc) for m in ("timed out during startup", "logs/dashboard.log")) or attempt == 2:
                 raise
             print(f"ray start timed out registering the node (machine busy); retrying ({attempt + 2}/3)")
     raise AssertionError("unreachable")
@@ -160,6 +166,8 @@ def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
 def _start(spec: ClusterSpec, timeout_s: float, quiet: bool) -> dict:
     """One `ray start --head --block` in its own process group, waited on until healthy."""
     log_path = STATE_DIR / f"{spec.name}.log"
+    if multinode.is_multinode(spec):
+        multinode.config_path(STATE_DIR, spec).write_text(json.dumps(multinode.autoscaling_config(spec), indent=2))
     log = open(log_path, "ab")
     proc = subprocess.Popen(head_command(spec), env=head_env(spec), stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)

@@ -24,6 +24,9 @@ from rayworks.errors import ConfigError
 
 HEAD_TYPE = "ray.head"  # a dot keeps it apart from worker group names ([a-z0-9-])
 REMOTE_TOKEN_PATH = "~/.ray/auth_token"  # Ray's default token location on every node
+# head.fault_tolerance: redis. The head reads the password from this file at start (file_mounts
+# copies it from the launching machine); the YAML names the file, never the password.
+REDIS_PASSWORD_PATH = "~/.rayworks/redis_password"
 GCS_PORT = 6379
 OBJECT_MANAGER_PORT = 8076
 LABEL_ROLE = "rayworks.io/role"
@@ -120,6 +123,8 @@ def _start_env(spec: ClusterSpec, head: bool) -> list[str]:
     env = []
     if spec.auth.mode == "token":
         env.append("RAY_AUTH_MODE=token")
+    if head and spec.head.fault_tolerance == "redis":
+        env.append(f"RAY_REDIS_ADDRESS={spec.head.redis_address}")
     if head and spec.metrics.prometheus_url:
         env.append(f"RAY_PROMETHEUS_HOST={spec.metrics.prometheus_url}")
     if head and spec.metrics.grafana_url:
@@ -160,6 +165,8 @@ def start_commands(spec: ClusterSpec) -> tuple[list[str], list[str]]:
     ``shlex.split`` of the command after ``ulimit -n 65536;`` gives :func:`start_args`.
     """
     head = "ulimit -n 65536; " + " ".join(_quote(a) for a in start_args(spec, True))
+    if spec.head.fault_tolerance == "redis":  # read on the node at start: the value is in no file we write
+        head += f' --redis-password="$(cat {REDIS_PASSWORD_PATH})"'
     worker_args = start_args(spec, False)
     at = worker_args.index("start") + 1
     worker = ("ulimit -n 65536; " + " ".join(_quote(a) for a in worker_args[:at])
@@ -249,6 +256,8 @@ def render_ray_up(spec: ClusterSpec) -> dict:
         # Remote path -> local path. The local side is the launching machine's token file
         # (`rayworks up` or `ray get-auth-token --generate` creates it); never its value.
         cfg["file_mounts"] = {REMOTE_TOKEN_PATH: spec.auth.token_path or REMOTE_TOKEN_PATH}
+    if spec.head.fault_tolerance == "redis":
+        cfg["file_mounts"][REDIS_PASSWORD_PATH] = REDIS_PASSWORD_PATH
     docker = docker_config(spec)
     if docker:
         cfg["docker"] = docker

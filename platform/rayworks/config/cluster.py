@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from rayworks.config.base import StrictModel, load_yaml_model
 from rayworks.config.envcheck import check_env_vars, check_secret_names
+from rayworks.config.tracking import Tracking, check_tracking
 
 Role = Literal["data", "train", "serve", "general"]
 # RFC 1123 host names: what may follow `--dashboard-host=` in a shell command or a manifest.
@@ -84,6 +85,17 @@ class NodeType(StrictModel):
 
 class HeadNode(NodeType):
     """The head node. Jobs' drivers run here; keep its CPUs modest on the cloud."""
+
+    fault_tolerance: Literal["none", "redis"] = Field(
+        "none", description="redis: the GCS keeps cluster state in Redis, so a restarted head finds its nodes, "
+                            "actors and Serve apps again (kubernetes: gcsFaultToleranceOptions; ray up: the head's "
+                            "RAY_REDIS_ADDRESS; not yet on a local head). The Redis password lives in a Secret / a "
+                            "file on the head, never in a render.")
+    redis_address: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}:[0-9]{1,5}$",
+                                      description="host:port of the Redis the GCS uses (fault_tolerance: redis).")
+    redis_password_secret: str = Field("rayworks-redis-password", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
+                                       description="Kubernetes Secret (key `password`) holding the Redis password "
+                                                   "(kubernetes only).")
 
 
 class WorkerGroup(NodeType):
@@ -197,7 +209,8 @@ class LocalOptions(StrictModel):
     dashboard_agent_listen_port: int = Field(52365, ge=1, le=65535, description="Dashboard agent HTTP port.")
     temp_dir: str = Field("/tmp/ray", pattern=r"^[^\x00-\x1f]+$",
                           description="Ray's session/log directory for this cluster (no control characters).")
-    object_store_memory_gb: float = Field(2.0, gt=0, description="Object store size in GiB.")
+    object_store_memory_gb: float = Field(2.0, gt=0, description="Object store size in GiB (the head's, and each "
+                                                                  "local worker node's).")
 
 
 class Autoscaler(StrictModel):
@@ -224,6 +237,8 @@ class ClusterSpec(StrictModel):
     serve: ServeHTTP = Field(default_factory=ServeHTTP, description="Serve HTTP proxy.")
     autoscaler: Autoscaler = Field(default_factory=Autoscaler, description="Autoscaling (cloud, KubeRay).")
     local: LocalOptions = Field(default_factory=LocalOptions, description="Local-cluster options.")
+    tracking: Tracking = Field(default_factory=Tracking, description="Experiment tracking and model registry "
+                                                                     "(MLflow): an external uri, or the server rayworks runs.")
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterSpec":
@@ -231,8 +246,14 @@ class ClusterSpec(StrictModel):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"worker group names must be unique; repeated: {sorted(dup)}")
-        if self.provider.type == "local" and self.worker_groups:
-            raise ValueError("provider.type=local runs one head node; remove worker_groups or use aws/gcp/kubernetes")
+        # provider.type=local with worker_groups: Ray's autoscaler starts them as extra raylets on this
+        # machine (rayworks.cluster.multinode). Each raylet would hand out GPU 0.. as its own: no GPUs there.
+        if self.provider.type == "local":
+            for g in self.worker_groups:
+                if g.num_gpus:
+                    raise ValueError(f"worker_groups.{g.name}.num_gpus={g.num_gpus} on provider.type=local: local worker "
+                                     "nodes share this machine and each would claim the same GPUs; set num_gpus: 0 "
+                                     "(put GPUs on the head)")
         if self.provider.type in ("aws", "gcp"):
             for where, node in [("head", self.head)] + [(f"worker_groups.{g.name}", g) for g in self.worker_groups]:
                 if not node.instance_type:
@@ -240,6 +261,13 @@ class ClusterSpec(StrictModel):
         if self.provider.type != "local" and not self.storage.is_remote and not self.storage.uri.startswith("/"):
             raise ValueError(f"storage.uri={self.storage.uri!r}: a multi-node cluster needs s3://, gs:// or an "
                              "absolute path on a shared mount")
+        check_tracking(self.tracking, self.provider.type, self.runtime_env.secret_env_vars)
+        if self.head.fault_tolerance == "redis" and self.provider.type == "local":
+            raise ValueError("head.fault_tolerance=redis is rendered for kubernetes (gcsFaultToleranceOptions) and "
+                             "ray up (RAY_REDIS_ADDRESS); a local head does not run it yet: set fault_tolerance: none")
+        if self.head.fault_tolerance == "redis" and self.provider.type != "local" and not self.head.redis_address:
+            raise ValueError(f"head.fault_tolerance=redis on provider.type={self.provider.type} needs head.redis_address "
+                             "(host:port of a Redis every head restart reaches)")
         if self.auth.mode == "disabled":
             self._check_auth_disabled()
         return self

@@ -43,6 +43,11 @@ KINDS: dict[str, Kind] = {
                   "rayworks.serve.preflight:check"),
     "generate": Kind("rayworks.config.generate:GenerateJob", "rayworks.generate.job:run", "jobs/generate.py",
                      "rayworks.generate.preflight:check"),
+    "eval": Kind("rayworks.config.eval:EvalJob", "rayworks.eval.job:run", "jobs/eval.py", "rayworks.eval.preflight:check"),
+    "embed": Kind("rayworks.config.embed:EmbedJob", "rayworks.retrieval.embed:run", "jobs/embed.py",
+                  "rayworks.retrieval.preflight:check_embed"),
+    "index": Kind("rayworks.config.index:IndexJob", "rayworks.retrieval.index:run", "jobs/index.py",
+                  "rayworks.retrieval.preflight:check_index"),
     "pipeline": Kind("rayworks.config.pipeline:PipelineJob", "rayworks.client.pipeline:run", "jobs/pipeline.py", None),
 }
 

@@ -21,7 +21,7 @@ from rayworks.errors import ConfigError
 if TYPE_CHECKING:
     from rayworks.config.cluster import ClusterSpec
 
-STAGES = ("prep", "train", "serve")
+STAGES = ("prep", "train", "eval", "serve")
 BASE_KEY = "_base"  # where an inlined stage's relative paths resolve from
 
 
@@ -49,9 +49,12 @@ class PipelineJob(JobBase):
     corpus: CorpusStep | None = Field(None, description="Optional corpus build before prep.")
     prep: str | dict[str, Any] = Field(..., description="The prep job: a YAML path or an inline mapping.")
     train: str | dict[str, Any] = Field(..., description="The train job: a YAML path or an inline mapping.")
+    eval: str | dict[str, Any] | None = Field(
+        None, description="Optional eval job (YAML path or mapping) between train and serve: its gate rules decide "
+                          "whether the new export may replace the model now serving (a failing model is not deployed).")
     serve: str | dict[str, Any] | None = Field(None, description="The serve job (YAML path or mapping); none: stop after training.")
     smoke_test: SmokeTest = Field(default_factory=SmokeTest, description="The final completion.")
-    force: list[Literal["prep", "train", "serve"]] = Field(
+    force: list[Literal["prep", "train", "eval", "serve"]] = Field(
         default_factory=list, description="Stages to rerun even when their outputs are up to date.")
     job_timeout_s: float = Field(3600, gt=0, description="Longest a single stage may run.")
 
@@ -95,6 +98,14 @@ class PipelineJob(JobBase):
             if not isinstance(section, dict):
                 raise ConfigError(f"{source}: data: expected a mapping (got {type(section).__name__})")
             section["prep_uri"] = links["prep_output"]
+        if stage == "eval" and "export_dir" in links:
+            # The candidate is the new export; the baseline is the model now serving (filled in at run time).
+            data["model"] = links["export_dir"]
+            if links.get("serving_source"):
+                data["compare_to"] = links["serving_source"]
+            ppl = data.get("perplexity")
+            if isinstance(ppl, dict) and "prep_output" in links:
+                ppl["prep_uri"] = links["prep_output"]
         if stage == "serve" and "export_dir" in links:
             models = data.get("models") or []
             if not isinstance(models, list):

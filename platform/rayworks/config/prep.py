@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 
 from rayworks.config.base import StrictModel
 from rayworks.config.jobs import Bundle, JobBase
+from rayworks.config.quality import DecontamConfig, LanguageConfig, PiiConfig, QualityConfig
 
 
 class InputSpec(StrictModel):
@@ -53,6 +54,27 @@ class CleanConfig(StrictModel):
         return self
 
 
+class NearDupConfig(StrictModel):
+    """Near-duplicate removal with MinHash-LSH; each cluster keeps its first document in input order."""
+
+    shingle: Literal["word", "char"] = Field("word", description="Shingles: word n-grams (lower-cased words) or character n-grams.")
+    shingle_size: int = Field(5, ge=1, le=64, description="Words (or characters) per shingle.")
+    num_perm: int = Field(128, ge=2, le=1024, description="MinHash permutations: the signature length; must equal bands * rows.")
+    bands: int = Field(16, ge=1, description="LSH bands: documents sharing all rows of any one band become candidates.")
+    rows: int = Field(8, ge=1, description="Signature rows per LSH band.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity at or above which two documents are near-duplicates "
+                                                         "(the cut for verify; with verify off the bands alone decide).")
+    seed: int = Field(1, ge=0, description="Seed of the shingle hash and the permutation family.")
+    verify: bool = Field(True, description="Compute the true Jaccard of each LSH candidate pair and keep only pairs at or above threshold.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "NearDupConfig":
+        if self.bands * self.rows != self.num_perm:
+            raise ValueError(f"bands * rows ({self.bands} * {self.rows} = {self.bands * self.rows}) must equal num_perm "
+                             f"({self.num_perm}); e.g. num_perm: {self.bands * self.rows}")
+        return self
+
+
 class TokenizerConfig(StrictModel):
     """Load an existing tokenizer, or train a byte-level BPE one on a sample of the corpus."""
 
@@ -80,6 +102,11 @@ class PrepJob(JobBase):
     output_uri: str | None = Field(None, description="Output directory or URI; default {storage}/prep/{name}.")
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning rules.")
     dedup: bool = Field(True, description="Drop exact duplicate documents across all inputs (the first in input order is kept).")
+    near_dup: NearDupConfig | None = Field(None, description="Near-duplicate removal (MinHash-LSH) after exact dedup; unset: off.")
+    pii: PiiConfig | None = Field(None, description="PII redaction (e-mail, IP, phone -> placeholders) before tokenization; unset: off.")
+    quality: QualityConfig | None = Field(None, description="Quality rule sets (gopher, c4), or a dry run of them; unset: off.")
+    language: LanguageConfig | None = Field(None, description="Language identification with a keep-list; unset: off.")
+    decontam: DecontamConfig | None = Field(None, description="Drop (or report) documents sharing n-grams with an eval set; unset: off.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer to load or train.")
     seq_len: int = Field(256, ge=8, le=1_048_576, description="Tokens per packed sequence (row).")
     val_fraction: float = Field(0.01, ge=0, lt=1, description="Share of documents (chosen by content hash) in the val split.")
@@ -91,7 +118,8 @@ class PrepJob(JobBase):
     keep_work: bool = Field(False, description="Keep the _work/ intermediates after success (for debugging).")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Parallelism; does not change outputs.")
 
-    path_fields: ClassVar[tuple[str, ...]] = ("inputs[].path", "output_uri", "tokenizer.path")
+    path_fields: ClassVar[tuple[str, ...]] = ("inputs[].path", "output_uri", "tokenizer.path", "decontam.path",
+                                              "quality.inspection_path")
 
     def resource_request(self) -> list[Bundle]:
         n = self.execution.num_workers or 1

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rayworks.config.base import StrictModel
 from rayworks.config.engine import VLLMEngineSettings
+from rayworks.config.index import ServeRetrieval
 from rayworks.config.jobs import Bundle, JobBase
 from rayworks.errors import ConfigError
 
@@ -146,8 +147,10 @@ class ServeJob(JobBase):
     rollout: Rollout = Field(default_factory=Rollout, description="Zero-downtime update behaviour.")
     performance: Performance = Field(default_factory=Performance, description="Serving overhead knobs.")
     deploy_timeout_s: float = Field(900, gt=0, description="Fail the job if the app is not healthy within this time.")
+    retrieval: ServeRetrieval | None = Field(
+        None, description="Attach an index job's index: POST /v1/retrieve and the rag option of completions/chat.")
 
-    path_fields: ClassVar[tuple[str, ...]] = ("models[].source", "auth.api_keys_file")
+    path_fields: ClassVar[tuple[str, ...]] = ("models[].source", "auth.api_keys_file", "retrieval.index")
 
     @field_validator("models")
     @classmethod
@@ -198,6 +201,10 @@ class ServeJob(JobBase):
             else:
                 bundles.append(Bundle(num_cpus=1 + m.num_cpus_per_replica, num_gpus=tp, accelerator_type=m.accelerator,
                                       count=count, what=f"model {m.id!r} replica ({tp} x {m.accelerator})"))
+        if self.retrieval:
+            r = self.retrieval
+            bundles.append(Bundle(num_cpus=r.num_cpus_per_replica, count=max(1, int(r.num_replicas * surge + 0.999)),
+                                  what="retriever replica (index + embedding engine)"))
         return bundles
 
     def resources_on(self, spec: "ClusterSpec") -> list[Bundle]:

@@ -169,6 +169,9 @@ class TrainJob(JobBase):
                                                    "the keys rayworks reads are typed, the rest passes through.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers and their resources.")
     run: RunSpec = Field(..., description="Steps, logging, evaluation, checkpoints, output.")
+    tracking: bool = Field(True, description="Log this run to MLflow (the cluster spec's `tracking`): params, "
+                                             "metrics from rank 0, the manifest, the export as a model version. "
+                                             "false/off: no MLflow run.")
 
     path_fields: ClassVar[tuple[str, ...]] = ("data.prep_uri", "model.init_from", "run.output_uri")
 

@@ -1,7 +1,8 @@
 """Cleaning: Unicode normalisation, control characters, length limits; one unit at a time.
 
-The per-document rules run as vectorised Arrow kernels (utf8proc normalisation and
-RE2 regexes in C++), so a batch is cleaned without a Python loop per document.
+After Unicode normalisation (Python's, with its quick check), the per-document rules run as
+vectorised Arrow kernels (RE2 regexes in C++), so a batch is cleaned without a Python loop
+per rule and document.
 :func:`clean_unit` reads one work unit, cleans it and writes its surviving documents
 with their content hash and global key to ``_work/clean/u-NNNNN.parquet``.
 """
@@ -9,6 +10,7 @@ with their content hash and global key to ``_work/clean/u-NNNNN.parquet``.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections import Counter
 
 from rayworks import storage
@@ -27,9 +29,13 @@ def clean_texts(texts: list[str], normalize: str = "NFC", strip_control: bool = 
     drops: Counter = Counter()
     if not texts:
         return [], drops
-    arr = pa.array(texts, type=pa.large_string())
     if normalize != "none":
-        arr = pc.utf8_normalize(arr, form=normalize)
+        # Python's own normaliser, not pyarrow's utf8_normalize: pyarrow 25 (the newest MLflow
+        # allows) returns NFC/NFKC input uncomposed ("e" + U+0301 stays two code points). The
+        # quick check makes already-normalised text (nearly all of it) cost one scan.
+        texts = [t if unicodedata.is_normalized(normalize, t) else unicodedata.normalize(normalize, t)
+                 for t in texts]
+    arr = pa.array(texts, type=pa.large_string())
     if strip_control:
         arr = pc.replace_substring(arr, "\r\n", "\n")
         arr = pc.replace_substring(arr, "\r", "\n")
@@ -97,19 +103,39 @@ def clean_unit(unit: dict, files: list[dict], clean_cfg: dict, excluded: list[st
             continue
         end = f["size_bytes"] if part["end"] is None else part["end"]
         stats["bytes_read"] += end - part["start"]
-    hashes = [content_hash(t) for t in texts]
     u = unit["unit"]
+    keys = [unit_key(u, i) for i in range(len(texts))]
+    columns: dict[str, list] = {}
+    curated: dict = {}
+    from rayworks.data import curate
+
+    if curate.enabled(clean_cfg):  # PII, quality rules, language ID, decontamination (data/curate.py)
+        curated = curate.curate(texts, u, clean_cfg)
+        texts, keys, columns = curated["texts"], curated["keys"], curated["columns"]
+        drops.update(curated["dropped"])
+        if curated["records"]:  # dry-run findings; the job merges every unit's into the inspection file
+            storage.write_bytes(inspect_path(out_path), curate.records_jsonl(curated["records"]))
+    hashes = [content_hash(t) for t in texts]
     table = pa.table({
-        "key": pa.array([unit_key(u, i) for i in range(len(texts))], pa.int64()),
+        "key": pa.array(keys, pa.int64()),
         "hash": pa.array(hashes, pa.binary(16)),
         "text": pa.array(texts, pa.large_string()),
+        **({"lang": pa.array(columns["lang"], pa.string()),
+            "lang_score": pa.array(columns["lang_score"], pa.float32())} if columns else {}),
     })
     storage.write_bytes(out_path, storage.table_to_parquet_bytes(table, row_group_rows=8192, compression="lz4"))
     return {"unit": u, "documents_read": stats["documents_read"], "documents_kept": len(texts),
             "dropped": {k: v for k, v in sorted((+drops).items())},
             "replaced_undecodable": stats["replaced_undecodable"], "bytes_read": stats["bytes_read"],
             "chars_kept": sum(len(t) for t in texts), "bad_files": bad, "excluded": sorted(excluded),
-            "skipped_parts": skipped_parts}
+            "skipped_parts": skipped_parts,
+            **{k: dict(sorted(curated[k].items())) for k in ("lines_removed", "pii_redacted", "languages", "inspected")
+               if curated}}
+
+
+def inspect_path(unit_out_path: str) -> str:
+    """Where a unit's dry-run inspection records go (beside its cleaned Parquet)."""
+    return unit_out_path.removesuffix(".parquet") + ".inspect.jsonl"
 
 
 def sample_unit(path: str, threshold: float, seed: int) -> list[tuple[int, bytes, str]]:

@@ -17,6 +17,7 @@ import numpy as np
 from rayworks import artifacts, storage
 from rayworks.config.base import config_hash
 from rayworks.config.prep import PrepJob
+from rayworks.data.curate import CURATION, count_curation, curation_counts
 from rayworks.data.execute import Progress, count_drops, count_tokens, run_units
 from rayworks.data.inputs import expand_inputs, plan_units
 from rayworks.data.manifest import MANIFEST
@@ -77,6 +78,12 @@ def run(job: PrepJob) -> dict:
         shas.update(r)
     inputs = [{"role": "corpus", "path": f["path"], "size_bytes": f["size_bytes"], "sha256": shas[f["path"]]}
               for f in files]
+    if job.decontam:  # the eval set decides what is dropped: a changed file must rebuild the output
+        ev = job.decontam.path
+        if not storage.is_file(ev):
+            raise ConfigError(f"decontam.path: {ev} is not a file; give the evaluation set as a JSON Lines file")
+        inputs.append({"role": "decontam", "path": ev, "size_bytes": storage.file_size(ev),
+                       "sha256": storage.sha256_file(ev)})
     plan = {"config_hash": chash, "inputs": inputs, "num_units": len(units)}
 
     target = _target(out, chash, inputs)
@@ -99,9 +106,11 @@ def run(job: PrepJob) -> dict:
     storage.write_json(storage.join(work, "plan.json"), plan)
 
     stats = _clean_stage(job, files, units, work, workers, cpus)
+    _inspection_file(job, units, work, target)
     bucket_paths = _dedup_stage(job, units, work, workers, cpus)
+    near_paths = _near_dup_stage(job, units, work, bucket_paths, workers, cpus)
     tok_entry, tok_json = _tokenizer_stage(job, units, work, target, stats, workers, cpus)
-    packed = _pack_stage(job, units, work, target, bucket_paths, tok_entry, tok_json, workers, cpus)
+    packed = _pack_stage(job, units, work, target, bucket_paths, tok_entry, tok_json, workers, cpus, near_paths)
     manifest = _finalize(job, cfg, chash, inputs, stats, packed, tok_entry, units, work, target)
     if not job.keep_work:
         storage.delete_dir(work)
@@ -160,7 +169,7 @@ def _clean_stage(job, files, units, work, workers, cpus) -> list[dict]:
     """Reads and cleans every unit; settles bad files (fail, or skip them everywhere)."""
     markers = [storage.join(work, "clean", f"u-{u['unit']:05d}.json") for u in units]
     unit_files = [{files[p["file"]]["path"] for p in u["parts"]} for u in units]
-    clean_cfg = job.clean.model_dump()
+    clean_cfg = {**job.clean.model_dump(), **_curation_cfg(job, work)}
     for _round in range(3):  # a bad file found in one range of a big file re-runs its other ranges once
         done = {i: storage.read_json(m) for i, m in enumerate(markers) if storage.exists(m)}
         bad = {b["path"]: b["error"] for i in sorted(done) for b in done[i]["bad_files"]}
@@ -178,11 +187,43 @@ def _clean_stage(job, files, units, work, workers, cpus) -> list[dict]:
         for r in run_units(_clean_and_mark, items, workers, cpus, files=files, clean_cfg=clean_cfg):
             prog.unit_done(docs=r["documents_read"], nbytes=r["bytes_read"])
             count_drops(job.name, r["dropped"])
+            count_curation(job.name, r)
             if r["bad_files"] and job.on_bad_file == "fail":
                 _fail_bad({b["path"]: b["error"] for b in r["bad_files"]})
             for b in r["bad_files"]:
                 print(f"[prep] skipping bad input {b['path']}: {b['error']}", flush=True)
     raise RuntimeError("bad-file handling did not settle after 3 rounds")  # internal invariant
+
+
+def _curation_cfg(job, work) -> dict:
+    """The curation stages' settings for the clean tasks; the decontam n-grams are read here, once,
+    and written to ``_work/`` for every task to load (see data/decontam.py)."""
+    cfg = {k: (getattr(job, k).model_dump() if getattr(job, k) else None) for k in CURATION}
+    if job.decontam:
+        from rayworks.data import decontam
+
+        table = storage.join(work, "decontam", "ngrams.npy")
+        if not storage.exists(table):
+            arr, st = decontam.eval_ngrams(job.decontam.path, job.decontam.text_fields, job.decontam.ngram)
+            storage.write_bytes(table, decontam.to_npy(arr))
+            storage.write_json(storage.join(work, "decontam", "eval.json"), st)
+            print(f"[prep] decontam: {st['eval_ngrams']:,} {job.decontam.ngram}-grams from {st['eval_texts']:,} "
+                  f"eval texts in {job.decontam.path}", flush=True)
+        cfg["decontam_table"] = table
+    return cfg
+
+
+def _inspection_file(job, units, work, out) -> str | None:
+    """Merges the units' dry-run records into one JSON Lines file, in key order (None: no dry run)."""
+    if not any(c and c.dry_run for c in (job.quality, job.language, job.decontam)):
+        return None
+    from rayworks.data.clean import inspect_path
+
+    path = (job.quality.inspection_path if job.quality else None) or storage.join(out, "inspection.jsonl")
+    parts = [inspect_path(storage.join(work, "clean", f"u-{u['unit']:05d}.parquet")) for u in units]
+    storage.write_bytes(path, b"".join(storage.read_bytes(p) for p in parts if storage.exists(p)))
+    print(f"[prep] dry run: what the rules would drop is in {path}", flush=True)
+    return path
 
 
 def _clean_and_mark(unit, excluded, out_path, marker, files, clean_cfg) -> dict:
@@ -220,6 +261,66 @@ def _dedup_and_mark(bucket, num_buckets, unit_paths, out_path, marker) -> dict:
     from rayworks.data.dedup import dedup_bucket
 
     r = dedup_bucket(bucket, num_buckets, unit_paths, out_path)
+    storage.write_json(marker, r)
+    return r
+
+
+def _near_dup_stage(job, units, work, dedup_paths, workers, cpus) -> list[str]:
+    """MinHash-LSH near-duplicates (see data/neardup.py); returns the file listing the removed keys."""
+    if not job.near_dup:
+        return []
+    from rayworks.data import neardup
+
+    nd = storage.join(work, "neardup")
+    final = storage.join(nd, "components.json")
+    removed_path = storage.join(nd, "removed.parquet")
+    if storage.exists(final):
+        return [removed_path]
+    cfg = job.near_dup.model_dump()
+    parts = min(64, max(4, len(units)))  # any count gives the same result; it only bounds a bucket task
+    docs = [storage.join(work, "clean", f"u-{u['unit']:05d}.parquet") for u in units]
+    sigs = [storage.join(nd, "sig", f"u-{u['unit']:05d}.parquet") for u in units]
+    marks = [storage.join(nd, "sig", f"u-{u['unit']:05d}.json") for u in units]
+    todo = _pending(marks)
+    prog = Progress(job.name, "neardup_sig", len(units), len(units) - len(todo))
+    items = [{"unit": i, "docs_path": docs[i], "dedup_paths": dedup_paths, "cfg": cfg, "num_partitions": parts,
+              "out_path": sigs[i], "marker": marks[i]} for i in todo]
+    for r in run_units(_stage_and_mark, items, workers, cpus, fn_name="signature_unit"):
+        prog.unit_done(docs=r["documents"])
+    pairs = [storage.join(nd, "bucket", f"p-{p:03d}.parquet") for p in range(parts)]
+    marks = [storage.join(nd, "bucket", f"p-{p:03d}.json") for p in range(parts)]
+    todo = _pending(marks)
+    prog = Progress(job.name, "neardup_bucket", parts, parts - len(todo))
+    items = [{"partition": p, "sig_paths": sigs, "out_path": pairs[p], "marker": marks[p]} for p in todo]
+    for _ in run_units(_stage_and_mark, items, workers, cpus, fn_name="bucket_partition"):
+        prog.unit_done()
+    candidates = sum(storage.read_json(m)["candidate_pairs"] for m in marks)
+    if job.near_dup.verify:
+        vpaths = [storage.join(nd, "verify", f"u-{u['unit']:05d}.parquet") for u in units]
+        marks = [storage.join(nd, "verify", f"u-{u['unit']:05d}.json") for u in units]
+        todo = _pending(marks)
+        prog = Progress(job.name, "neardup_verify", len(units), len(units) - len(todo))
+        items = [{"unit": i, "pair_paths": pairs, "docs_paths": docs, "cfg": cfg, "out_path": vpaths[i],
+                  "marker": marks[i]} for i in todo]
+        for _ in run_units(_stage_and_mark, items, workers, cpus, fn_name="verify_unit"):
+            prog.unit_done()
+        pairs = vpaths
+    similar = neardup.read_pairs(pairs)  # the driver holds only the (verified) pairs: O(pairs) memory
+    removed, clusters = neardup.components(similar)
+    neardup.write_removed(removed, removed_path)
+    count_drops(job.name, {"near_duplicate": int(len(removed))})
+    storage.write_json(final, {"clusters": clusters, "documents_removed": int(len(removed)),
+                               "candidate_pairs": int(candidates),
+                               "similar_pairs": int(len(np.unique(similar, axis=0)) if len(similar) else 0)})
+    print(f"[prep] near-dup: {len(removed):,} documents removed from {clusters:,} clusters "
+          f"({candidates:,} candidate pairs)", flush=True)
+    return [removed_path]
+
+
+def _stage_and_mark(fn_name: str, marker: str, **kw) -> dict:
+    from rayworks.data import neardup
+
+    r = getattr(neardup, fn_name)(**kw)
     storage.write_json(marker, r)
     return r
 
@@ -264,13 +365,14 @@ def _sample(path: str, threshold: float, seed: int) -> list:
     return [[k, h.hex(), t] for k, h, t in sample_unit(path, threshold, seed)]
 
 
-def _pack_stage(job, units, work, out, bucket_paths, tok, tok_json, workers, cpus) -> list[dict]:
+def _pack_stage(job, units, work, out, bucket_paths, tok, tok_json, workers, cpus, near_paths=()) -> list[dict]:
     markers = [storage.join(work, "pack", f"u-{u['unit']:05d}.json") for u in units]
     todo = _pending(markers)
     prog = Progress(job.name, "pack", len(units), len(units) - len(todo))
     items = [{"unit": i, "docs_path": storage.join(work, "clean", f"u-{i:05d}.parquet"),
               "counts_path": storage.join(work, "pack", f"u-{i:05d}.counts"), "marker": markers[i]} for i in todo]
-    for r in run_units(_pack_and_mark, items, workers, cpus, bucket_paths=bucket_paths, tokenizer_json=tok_json,
+    for r in run_units(_pack_and_mark, items, workers, cpus, bucket_paths=bucket_paths,
+                       near_dup_paths=list(near_paths), tokenizer_json=tok_json,
                        eos_id=tok["eos_token_id"], vocab_size=tok["vocab_size"], seq_len=job.seq_len,
                        val_fraction=job.val_fraction, seed=job.seed, out_uri=out):
         sp = r["splits"]
@@ -337,6 +439,10 @@ def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> 
         "tokens_dropped_remainder": sum(remainder.values()),
         "sequences": sum(splits[s]["num_sequences"] for s in SPLITS),
     }
+    counts_out.update(curation_counts(job, stats, work))
+    near_dup = storage.read_json(storage.join(work, "neardup", "components.json")) if job.near_dup else None
+    if near_dup:
+        counts_out["near_duplicates"] = near_dup["documents_removed"]
     manifest = artifacts.build(
         "prep", job.name, chash, inputs, artifacts.describe_files(out, skip=("_work",)), artifacts.versions("prep"),
         config=cfg, counts=counts_out, seq_len=seq_len,
@@ -345,6 +451,7 @@ def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> 
         splits=splits, num_units=len(units),
         unigram_entropy_nats=round(entropy_nats(counts), 12),
         skipped_files=[{"path": p, "error": e} for p, e in sorted(skipped.items())],
+        **({"near_dup": {**near_dup, "parameters": job.near_dup.model_dump()}} if near_dup else {}),
     )
     storage.write_json(storage.join(out, MANIFEST), manifest)
     return manifest

@@ -51,7 +51,7 @@ def encode_stream(tok, texts: list[str], eos_id: int) -> np.ndarray:
 
 def pack_unit(unit: int, docs_path: str, bucket_paths: list[str], tokenizer_json: bytes, eos_id: int,
               vocab_size: int, seq_len: int, val_fraction: float, seed: int, out_uri: str,
-              counts_path: str) -> dict:
+              counts_path: str, near_dup_paths: list[str] = ()) -> dict:
     """Tokenizes, splits and packs one unit; writes its shards and train token counts."""
     from rayworks.data.tokenizer import backend
 
@@ -60,14 +60,17 @@ def pack_unit(unit: int, docs_path: str, bucket_paths: list[str], tokenizer_json
     hashes = t.column("hash").to_pylist()
     texts = t.column("text").to_pylist()
     dropped = dropped_keys_for_unit(unit, bucket_paths) if bucket_paths else set()
+    near = dropped_keys_for_unit(unit, near_dup_paths) if near_dup_paths else set()  # disjoint from dropped
     by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
     for k, h, text in zip(keys, hashes, texts):
-        if k in dropped:
+        if k in dropped or k in near:
             continue
         split = "val" if score(h, b"split", seed) < val_fraction else "train"
         by_split[split].append(text)
     tok = backend(tokenizer_json)
     result = {"unit": unit, "duplicates_dropped": len(dropped), "splits": {}}
+    if near_dup_paths:
+        result["near_duplicates_dropped"] = len(near)
     counts = np.zeros(vocab_size, dtype=np.int64)
     for split in SPLITS:
         flat = encode_stream(tok, by_split[split], eos_id)

@@ -19,6 +19,7 @@ from typing import Any
 from ray.serve.llm import LLMServer
 
 GATE_KEY = "rayworks_gate"
+RAG_KEY = "rayworks_retrieval"  # experimental_configs key: the retrieval middleware's settings
 
 
 def _gate_kwargs(args: dict) -> dict:
@@ -34,6 +35,10 @@ class GatedLLMServer(LLMServer):
     It also answers ``/health`` like the ingress path does (status and model ids), after
     asking the engine, so clients and probes see one API whichever path serves them.
     """
+
+    async def __init__(self, llm_config, *, retriever=None, **kwargs):
+        self._rayworks_retriever = retriever  # the app's Retriever deployment, when an index is attached
+        await super().__init__(llm_config, **kwargs)
 
     async def __serve_build_asgi_app__(self):
         from starlette.routing import Route
@@ -56,6 +61,11 @@ class GatedLLMServer(LLMServer):
 
         # vLLM's app has its own /health (empty body); ours goes first so both paths answer alike.
         app.router.routes.insert(0, Route("/health", health, methods=["GET"]))
+        rag = rayllm.llm_config_of(self).experimental_configs.get(RAG_KEY)
+        if rag and self._rayworks_retriever is not None:
+            from rayworks.serve.retrieval import RetrievalMiddleware
+
+            rayllm.add_middleware_to_built_app(app, RetrievalMiddleware, handle=self._rayworks_retriever, **rag)
         # Outermost: every route vLLM registered (and any it adds later) is behind the key.
         rayllm.add_middleware_to_built_app(app, Gate, **gate)
         return app
@@ -68,7 +78,7 @@ def gated_llm_config(cfg, gate_kwargs: dict):
     return cfg
 
 
-def ingress_app(gate_kwargs: dict):
+def ingress_app(gate_kwargs: dict, rag: dict | None = None):
     """Ray's OpenAI FastAPI app (its middleware, metrics) with the gate outermost and /health.
 
     Ray's OpenAI routes are registered on it by :func:`rayworks.serve.rayllm.ingress_class`.
@@ -82,6 +92,10 @@ def ingress_app(gate_kwargs: dict):
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": sorted(gate_kwargs["models"])}
 
+    if rag:
+        from rayworks.serve.retrieval import RetrievalMiddleware, retriever_handle
+
+        app.add_middleware(RetrievalMiddleware, handle=retriever_handle, **rag)
     # Added last, so it runs first: a refused request never reaches Ray's handlers.
     app.add_middleware(Gate, **gate_kwargs)
     return app
@@ -104,16 +118,23 @@ def build_app(args: dict):
 
     gate = _gate_kwargs(args)
     configs = [LLMConfig.model_validate(c) for c in args["llm_configs"]]
+    bind, rag = {}, None
+    if args.get("retrieval"):
+        from rayworks.serve.retrieval import middleware_settings, retriever_app
+
+        bind, rag = {"retriever": retriever_app(args["retrieval"])}, middleware_settings(args["retrieval"])
     if args.get("direct_streaming"):
         # Ray Serve LLM reads the flag when it is imported: the env var alone is not enough.
         if not rayllm.direct_streaming_enabled():
             raise RuntimeError("direct_streaming needs RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 in the environment "
                                "before Ray Serve LLM is imported where the app is built")
         cfg = gated_llm_config(configs[0], gate)
+        if rag:
+            cfg.experimental_configs = {**cfg.experimental_configs, RAG_KEY: rag}
         # Ray's router (HAProxy asks it which replica) is redeployed with every update; by default
         # its old replica stops before the new one runs, and HAProxy answers 503 in between. Give it
         # the engine's surge, so a rollout drops nothing.
         return rayllm.direct_streaming_deployment(cfg, {
             "max_surge_percent": cfg.deployment_config["max_surge_percent"],
-            "graceful_shutdown_timeout_s": cfg.deployment_config["graceful_shutdown_timeout_s"]})
-    return rayllm.ingress_deployment(configs, ingress_app(gate), args.get("ingress") or {})
+            "graceful_shutdown_timeout_s": cfg.deployment_config["graceful_shutdown_timeout_s"]}, bind or None)
+    return rayllm.ingress_deployment(configs, ingress_app(gate, rag), args.get("ingress") or {}, bind or None)

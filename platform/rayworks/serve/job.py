@@ -130,6 +130,10 @@ def run(job: ServeJob) -> dict:
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{job.http.route_prefix.rstrip('/')}"
     manifest = mf.build(job, render.serve_app_config(job, spec, direct), url, deployments, took)
     where = mf.write(job, manifest)
+    from rayworks.tracking import registry, tracking_uri
+
+    # The registered version of each served export gets the `serving` alias (a rollout moves it); never fails.
+    registry.mark_serving(tracking_uri(spec), [m.source for m in job.models])
     print(f"app {job.serve_app_name!r} healthy in {took:.0f}s", flush=True)
     print(f"  OpenAI API: {url}/v1  (models: {', '.join(m.id for m in job.models)})", flush=True)
     print(f"  health:     {url}/health", flush=True)

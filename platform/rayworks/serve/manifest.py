@@ -35,6 +35,13 @@ def inputs(job: ServeJob) -> list[dict[str, Any]]:
         except OSError:  # an unreachable bucket must not fail a healthy deploy: recorded without a hash
             p, sha = None, None
         out.append({"role": "model", "path": p or m.source, "sha256": sha, "model": m.id, "source": m.source})
+    if job.retrieval:  # lineage: the served index (and through it the embeddings and their model)
+        p = storage.join(job.retrieval.index, artifacts.MANIFEST)
+        try:
+            sha = storage.sha256_file(p)
+        except OSError:
+            sha = None
+        out.append({"role": "index", "path": p, "sha256": sha})
     return out
 
 

@@ -26,6 +26,10 @@ def check(job: "ServeJob", spec: "ClusterSpec") -> None:
     if spec.provider.type == "local":
         for m in job.models:
             check_local_source(m)
+        if job.retrieval:
+            from rayworks.serve.retrieval import check_index
+
+            check_index(job.retrieval.index)
         if job.auth.api_keys_file and not Path(job.auth.api_keys_file).is_file():
             raise ConfigError(f"auth.api_keys_file={job.auth.api_keys_file!r}: no such file; create one with "
                               f"`rayworks serve keygen --file {job.auth.api_keys_file}`")

@@ -91,8 +91,11 @@ def ingress_class(app):
     return ingress.make_fastapi_ingress(ingress.OpenAiIngress, app=app)
 
 
-def ingress_deployment(configs: list, app, ingress_options: dict):
-    """The bound OpenAI ingress app: one LLM deployment per config behind ``app``'s routes."""
+def ingress_deployment(configs: list, app, ingress_options: dict, extra_bind: dict | None = None):
+    """The bound OpenAI ingress app: one LLM deployment per config behind ``app``'s routes.
+
+    ``extra_bind``: further deployments (e.g. the retriever) bound into the app graph; the
+    ingress accepts and ignores them (its middleware reaches them by name)."""
     from ray import serve
     from ray.serve.llm import build_llm_deployment
 
@@ -102,17 +105,31 @@ def ingress_deployment(configs: list, app, ingress_options: dict):
     deployments = {c.model_id: build_llm_deployment(c) for c in configs}
     cards = {c.model_id: to_card(c.model_id, c) for c in configs}
     options = defaults(ingress.OpenAiIngress.get_deployment_options(configs), dict(ingress_options))
-    return serve.deployment(ingress_class(app), **options).bind(llm_deployments=deployments, model_cards=cards)
+    cls = ingress_class(app)
+    if extra_bind:
+        cls = _accepting(cls, set(extra_bind))
+    return serve.deployment(cls, **options).bind(llm_deployments=deployments, model_cards=cards, **(extra_bind or {}))
 
 
-def direct_streaming_deployment(cfg, router_options: dict):
+def _accepting(cls, names: set[str]):
+    """A subclass of an ingress class whose constructor also takes (and drops) ``names`` keyword args."""
+
+    async def __init__(self, *args, **kwargs):  # Serve's ingress classes construct asynchronously
+        for n in names:
+            kwargs.pop(n, None)
+        await cls.__init__(self, *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__})
+
+
+def direct_streaming_deployment(cfg, router_options: dict, bind_kwargs: dict | None = None):
     """What ``build_openai_app`` does for direct streaming, with options for Ray's request router.
 
     The engine deployment is the ingress (it serves vLLM's app); the router is the deployment
     HAProxy asks which replica to use.
     """
     builder = importlib.import_module("ray.llm._internal.serve.core.ingress.builder")
-    app = builder._build_direct_streaming_llm_deployment(cfg)
+    app = builder._build_direct_streaming_llm_deployment(cfg, bind_kwargs=bind_kwargs)
     router = builder._build_openai_ingress_request_router(server=app, llm_config=cfg)
     router._bound_deployment = router._bound_deployment.options(**router_options)
     return app._with_ingress_request_router(router)

@@ -85,6 +85,11 @@ def app_args(job: ServeJob, direct_streaming: bool) -> dict[str, Any]:
         "models": {m.id: m.engine.max_model_len for m in job.models},
         "auth": {"api_keys_env": job.auth.api_keys_env, "api_keys_file": job.auth.api_keys_file},
         "direct_streaming": direct_streaming,
+        # An attached index: the Retriever deployment and the /v1/retrieve + RAG middleware (serve/retrieval.py).
+        **({"retrieval": {**job.retrieval.model_dump(mode="json"), "num_cpus": job.retrieval.num_cpus_per_replica,
+                          "max_surge_percent": job.rollout.max_surge_percent,
+                          "graceful_shutdown_timeout_s": job.rollout.graceful_shutdown_timeout_s}}
+           if job.retrieval else {}),
         "ingress": {"autoscaling_config": {"min_replicas": n, "max_replicas": n},
                     "max_surge_percent": job.rollout.max_surge_percent,
                     # The ingress only routes; a fraction of a CPU leaves room for engine replicas.

@@ -24,6 +24,7 @@ from rayworks.config.train import TrainJob
 from rayworks import artifacts, storage
 from rayworks.train.data import SplitIndex, TrainPlan, val_dataset
 from rayworks.train.inputs import PrepInfo, check_job_inputs, num_steps
+from rayworks.train import mlflow_run
 from rayworks.train.loop import LoopConfig, PrepRef
 from rayworks.train.resume import RUN_DIR, prepare_output, work_identity
 
@@ -53,7 +54,7 @@ def loop_config(job: TrainJob, prep: PrepInfo, out: str, steps: int) -> LoopConf
         config_hash=config_hash(job), work=work_identity(job), train_config=job.model_dump(mode="json"))
 
 
-def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int):
+def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int, tracking: dict | None = None):
     """The TorchTrainer for a run (datasets, scaling, failure and checkpoint config)."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -66,6 +67,10 @@ def build_trainer(job: TrainJob, prep: PrepInfo, out: str, steps: int):
     # Per-rank datasets would print one progress bar each; the loop reports progress itself.
     DataContext.get_current().enable_progress_bars = False
     cfg = loop_config(job, prep, out, steps)
+    if tracking:  # rank 0 logs to the MLflow run the driver opened (rayworks.train.mlflow_run)
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, tracking=tracking)
     split = prep.splits[job.data.train_split]
     plan = TrainPlan(index=SplitIndex(tuple(split.shards), tuple(split.rows), prep.seq_len),
                      num_workers=job.scaling.num_workers, micro_batch=cfg.micro_batch,
@@ -119,9 +124,11 @@ def run(job: TrainJob) -> dict:
           f"{ds['zero_optimization'].get('stage', 0)}")
     print(f"[rayworks]   output: {out} ({start})")
     print(f"[rayworks]   dashboard: {spec.dashboard_url}/#/train (Ray dashboard, 'Train' tab)")
+    tracker, tracking = mlflow_run.open_run(job, spec, prep, out, steps, loop_config(job, prep, out, steps))
     t0 = time.time()
-    result = build_trainer(job, prep, out, steps).fit()
+    result = build_trainer(job, prep, out, steps, tracking).fit()
     if result.error:
+        mlflow_run.close(tracker, "", ok=False)
         raise result.error
     ckpt = result.checkpoint
     if ckpt is None:
@@ -146,10 +153,12 @@ def run(job: TrainJob) -> dict:
         "data_digest": meta["data_digest"], "resumed_from": meta["resumed_from"],
         "checkpoint": ckpt_uri,
         "export": export_dir if export else None, "train_seconds": round(time.time() - t0, 1),
+        "tracking": mlflow_run.register(tracker, job, export_dir if export else None, prep),
         "versions": artifacts.versions("train"),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     storage.write_json(storage.join(out, "manifest.json"), manifest)
+    mlflow_run.close(tracker, storage.join(out, "manifest.json"))
     print(f"[rayworks] done: step {meta['step']}, train loss {meta['train_loss']:.4f}"
           + (f", val loss {meta['val_loss']:.4f} (step 0: {meta['val_loss_step0']:.4f})" if meta["val_loss"] else ""))
     return manifest

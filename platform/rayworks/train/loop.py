@@ -57,6 +57,8 @@ class LoopConfig:
     config_hash: str             # of the whole job config (lineage)
     work: dict[str, Any] = field(default_factory=dict)  # what makes a checkpoint resumable (train.resume)
     train_config: dict[str, Any] = field(default_factory=dict)
+    # MLflow, for rank 0: uri, run_id (opened by the driver), timeout_s, retry_after_s, gap_uri; {} = off.
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     @property
     def micro_batch(self) -> int:

