@@ -116,6 +116,8 @@ CURATION_ROW = Row("Data quality (curation stages)", (
           (("sum by (run, kind) (ray_rayworks_prep_pii_redacted_total{" + PREP_SEL + "})", "{{run}} {{kind}}"),),
           kind="stat"),
     *(_reason_panel(r, w) for r, w in CURATION_REASONS),
+    _reason_panel("near_duplicate", "MinHash-LSH: a near-duplicate of an earlier document (prep near_dup: "
+                  "Jaccard of the shingle sets >= near_dup.threshold); each cluster keeps its first document."),
 ))
 PREP = Dashboard(
     uid="rayworks-prep", title="rayworks / Data prep",

@@ -230,8 +230,13 @@ def _extra_docs(path: Path) -> None:
     from qualitydocs import EVAL_ROWS, PII_DOC, PLANTED
 
     docs = [t.topics[k] for k in sorted(t.topics)][:12]
+    # A near-duplicate of docs[0] (one word in ~15 changed: Jaccard of word 5-grams well above 0.8)
+    # for the near_dup stage; it is no exact duplicate, so the exact counts stay as they were.
+    words = docs[0].split(" ")
+    near = " ".join(w + "s" if i % 15 == 7 and w.isalpha() else w for i, w in enumerate(words))
+    assert near != docs[0]
     with open(path, "w") as f:
-        for d in docs + docs[:4] + ["tiny", "x" * 3] + list(PLANTED.values()) + [PII_DOC]:
+        for d in docs + docs[:4] + ["tiny", "x" * 3] + list(PLANTED.values()) + [PII_DOC, near]:
             f.write(json.dumps({"text": d}) + "\n")
     (path.parent / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in EVAL_ROWS))
 
@@ -252,7 +257,7 @@ def pipeline_config(root: Path, spec_path: Path, keys: Path) -> dict:
         "prep": {"kind": "prep", "name": "e2e-prep",
                  "inputs": [{"path": str(root / "corpus" / "*.jsonl"), "format": "jsonl"},
                             {"path": str(root / "extra.jsonl"), "format": "jsonl"}],
-                 "clean": {"min_chars": 64}, "dedup": True,
+                 "clean": {"min_chars": 64}, "dedup": True, "near_dup": {},
                  **_e2e_curation(root / "eval.jsonl"),
                  "tokenizer": {"vocab_size": 512, "sample_mb": 1}, "seq_len": 64, "val_fraction": 0.05,
                  "unit_mb": 1, "execution": {"num_workers": 2}},
@@ -266,6 +271,14 @@ def pipeline_config(root: Path, spec_path: Path, keys: Path) -> dict:
                   "scaling": {"num_workers": 2, "peak_flops_per_device": 1e11},
                   "run": {"num_steps": 24, "log_every_steps": 4, "eval_every_steps": 12,
                           "checkpoint_every_steps": 12}},
+        # The promotion gate: scored against the model now serving; a worse one is not deployed
+        # (tests/e2e/test_pipeline.py::test_gate_refuses_a_worse_model...). 0.5 nats of slack: the
+        # rerun with 4 more steps must pass, a 1-step model (loss ~2 nats higher) must not.
+        "eval": {"kind": "eval", "name": "e2e-eval",
+                 "perplexity": {"split": "val", "max_sequences": 32, "batch_size": 8},
+                 "harness": {"include_path": str(REPO / "jobs" / "configs" / "eval_tasks"),
+                             "tasks": ["rw_facts_mc"], "limit": 16},
+                 "gate": {"max_val_loss_regression": 0.5}},
         "serve": {"kind": "serve", "name": SERVE_APP,
                   "models": [{"id": MODEL_ID, "accelerator": "cpu",
                               "engine": {"max_model_len": 256, "dtype": "float32", "cpu_kvcache_space_gb": 1,

@@ -75,6 +75,8 @@ def test_pipeline_end_to_end(local_cluster, pipeline_run):
 
     assert {k: v for k, v in c["dropped"].items() if "." in k} == {r: 1 for r in PLANTED}, c["dropped"]
     assert all(c["pii_redacted"].get(k, 0) >= 1 for k in ("pii.email", "pii.ipv4", "pii.ipv6", "pii.phone")), c
+    # The near_dup stage removed the planted near-copy of an earlier document (and counts it).
+    assert c["near_duplicates"] >= 1 and prep["near_dup"]["documents_removed"] == c["near_duplicates"], prep
 
     # Training learned: validation loss fell from its step-0 value.
     train = json.loads((local_cluster.storage / "train" / "e2e-train" / "manifest.json").read_text())
@@ -122,3 +124,44 @@ def test_pipeline_end_to_end(local_cluster, pipeline_run):
     assert _stages(third.stdout) == {"prep": "skipped", "train": "ran", "serve": "ran"}, third.stdout
     exp = json.loads((local_cluster.storage / "train" / "e2e-train" / "export" / "rayworks_export.json").read_text())
     assert exp["step"] == 28
+
+    # MLflow (the session's own server, started by `rayworks up`): every `rayworks run` is a parent
+    # run with a nested run per stage, and the third run's rollout moved @serving to the version of
+    # the export it deployed (a new version: the 28-step export is other bytes).
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    from rayworks.tracking import experiment_name, tracking_uri
+
+    ml = MlflowClient(tracking_uri(local_cluster.spec))
+    eid = ml.get_experiment_by_name(experiment_name(local_cluster.spec)).experiment_id
+    parents = ml.search_runs([eid], "tags.`rayworks.pipeline` = 'e2e'", order_by=["attributes.start_time DESC"])
+    assert len(parents) >= 3, [p.info.run_name for p in parents]
+    nested = ml.search_runs([eid], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    stages = {r.data.tags["rayworks.stage"]: r.data.tags["rayworks.status"] for r in nested}
+    assert {k: stages.get(k) for k in ("prep", "train", "serve")} == {"prep": "skipped", "train": "ran",
+                                                                      "serve": "ran"}, stages
+    mv = ml.get_model_version_by_alias("e2e-train", "serving")
+    export_sha = hashlib.sha256((local_cluster.storage / "train" / "e2e-train" / "export" / "manifest.json")
+                                .read_bytes()).hexdigest()
+    assert int(mv.version) >= 2 and mv.tags["rayworks.export_manifest_sha256"] == export_sha, (mv.version, mv.tags)
+
+
+@pytest.mark.timeout(1200)
+def test_gate_refuses_a_worse_model_and_the_old_one_keeps_answering(local_cluster, pipeline_run):
+    """A 1-step model fails the eval stage's gate: exit 3, both scores printed, serve never runs,
+    and the model already serving keeps answering."""
+    worse = local_cluster.rayworks("run", pipeline_run.pipe, "--quiet", "--set", "train.name=e2e-worse",
+                                   "--set", "train.run.num_steps=1", timeout=1100)
+    out = worse.stdout + worse.stderr
+    assert worse.returncode == 3, out[-3000:]
+    assert "failed the promotion gate" in out and "max_val_loss_regression" in out, out[-3000:]
+    assert _stages(worse.stdout).get("serve") != "ran", worse.stdout[-3000:]
+    key = pipeline_run.keys.read_text().split()[0]
+    r = requests.post(f"{pipeline_run.base_url}/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": pipeline_run.model_id, "prompt": "def ", "max_tokens": 4}, timeout=60)
+    assert r.status_code == 200, r.text
+    served = local_cluster.rayworks("lineage", pipeline_run.model_id, "--cluster", str(local_cluster.spec_path),
+                                    "--json")
+    assert served.returncode == 0 and "e2e-worse" not in served.stdout, served.stdout[-2000:]

@@ -96,3 +96,23 @@ def test_pipeline_eval_stage_is_linked_to_the_new_export_the_prep_output_and_the
     assert ev.perplexity.prep_uri == "/s/prep/p-prep"
     first = pipe.stage_job("eval", {"prep_output": "/s/prep/p-prep", "export_dir": "/s/train/p-train/export"})
     assert first.compare_to is None  # nothing serving yet
+
+
+def test_preflight_names_what_is_missing(tmp_path):
+    from rayworks.eval.preflight import check_paths
+
+    model = tmp_path / "m"
+    model.mkdir()
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    j = load(job(model=str(model), harness={"include_path": str(tasks), "tasks": ["t"]}))
+    with pytest.raises(ConfigError, match="no config.json"):
+        check_paths(j)
+    (model / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds no task YAML"):
+        check_paths(j)
+    (tasks / "t.yaml").write_text("task: t\n")
+    check_paths(j)
+    j = load(job(model=str(model), perplexity={"prep_uri": str(tmp_path / "nope")}))
+    with pytest.raises(ConfigError, match="has no manifest.json"):
+        check_paths(j)

@@ -135,3 +135,44 @@ def test_serving_model_is_read_from_the_serve_manifest_and_replaced_files_are_no
     with pytest.raises(gate.GateFailedError, match="2.5000 +2.0000"):
         promote.decide(GateRules(max_val_loss_regression=0.1), worse, storage, "pipe", "new")
     assert promote.decide(GateRules(max_val_loss_regression=0.1), worse, storage, None, "new").passed  # no record
+
+
+def test_pipeline_compares_with_the_served_export_and_refuses_a_worse_one(tmp_path, capsys):
+    """The client side of the eval stage: the baseline link from the serve manifest, then the verdict."""
+    import hashlib
+    import json
+
+    import yaml
+
+    from conftest import make_spec_dict
+    from rayworks.client.pipeline import eval_gate, serving_links
+    from rayworks.config.jobs import load_job_data
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(make_spec_dict("unit", tmp_path / "st")))
+    pipe = load_job_data({"kind": "pipeline", "name": "p", "cluster": str(spec_path),
+                          "prep": {"kind": "prep", "name": "p-prep", "inputs": [{"path": "c.jsonl"}]},
+                          "train": {"kind": "train", "name": "p-train"},
+                          "eval": {"kind": "eval", "perplexity": {"split": "val"},
+                                   "gate": {"max_val_loss_regression": 0.05}},
+                          "serve": {"kind": "serve", "name": "p-serve", "models": [{"id": "tiny", "source": "x"}],
+                                    "auth": {"api_keys_file": str(tmp_path / "keys")}}}, "t", tmp_path)
+    spec = pipe.cluster_spec()
+    links = {"prep_output": str(tmp_path / "st/prep/p-prep"), "export_dir": str(tmp_path / "st/train/p-train/export")}
+    assert serving_links(pipe, spec, links) == {}  # nothing deployed yet
+    old = tmp_path / "st" / "train" / "old" / "export"
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text('{"kind": "export"}')
+    (tmp_path / "st" / "serve" / "p-serve").mkdir(parents=True)
+    (tmp_path / "st" / "serve" / "p-serve" / "manifest.json").write_text(json.dumps({"kind": "serve", "inputs": [
+        {"role": "model", "model": "tiny", "source": str(old),
+         "sha256": hashlib.sha256((old / "manifest.json").read_bytes()).hexdigest()}]}))
+    links.update(serving_links(pipe, spec, links))
+    ev = pipe.stage_job("eval", links)
+    assert ev.compare_to == str(old)
+    out = tmp_path / "st" / "eval" / "p-eval"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({
+        "perplexity": {"prep:val": {"loss": 3.0}}, "baseline": {"perplexity": {"prep:val": {"loss": 2.0}}}}))
+    with pytest.raises(gate.GateFailedError, match="3.0000 +2.0000 +2.0500 +FAIL"):
+        eval_gate(ev, pipe, spec, str(out))

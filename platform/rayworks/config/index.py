@@ -105,7 +105,7 @@ class IndexJob(JobBase):
     embeddings: str = Field(..., description="An embed job's output folder (relative to this file, or a URI).")
     index: IndexParams = Field(default_factory=IndexParams, description="Index type and parameters.")
     build: IndexBuild = Field(default_factory=IndexBuild, description="Parallelism of the build.")
-    output: IndexOutput = Field(default_factory=IndexOutput, description="Where the index goes.")
+    output: IndexOutput = Field(default_factory=IndexOutput, description="Output folder and whether to replace it.")
 
     path_fields = ("embeddings", "output.uri")
 

