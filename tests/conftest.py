@@ -230,11 +230,11 @@ def _extra_docs(path: Path) -> None:
     from qualitydocs import EVAL_ROWS, PII_DOC, PLANTED
 
     docs = [t.topics[k] for k in sorted(t.topics)][:12]
-    # A near-duplicate of docs[0] (one word in ~15 changed: Jaccard of word 5-grams well above 0.8)
-    # for the near_dup stage; it is no exact duplicate, so the exact counts stay as they were.
-    words = docs[0].split(" ")
-    near = " ".join(w + "s" if i % 15 == 7 and w.isalpha() else w for i, w in enumerate(words))
-    assert near != docs[0]
+    # A near-duplicate of docs[1] (~2,000 words, one changed: Jaccard of word 5-grams 0.99) for the
+    # near_dup stage; it is no exact duplicate, so the exact counts stay as they were.
+    words = docs[1].split(" ")
+    mid = next(i for i in range(len(words) // 2, len(words)) if words[i].isalpha())
+    near = " ".join(w + "s" if i == mid else w for i, w in enumerate(words))
     with open(path, "w") as f:
         for d in docs + docs[:4] + ["tiny", "x" * 3] + list(PLANTED.values()) + [PII_DOC, near]:
             f.write(json.dumps({"text": d}) + "\n")
