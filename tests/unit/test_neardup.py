@@ -172,3 +172,21 @@ def test_config_validates_bands_times_rows():
         NearDupConfig(permutations=4)
     job = PrepJob(name="x", inputs=[{"path": "a.txt"}], near_dup={"shingle": "char", "num_perm": 64, "bands": 8})
     assert job.near_dup.rows == 8 and PrepJob(name="x", inputs=[{"path": "a.txt"}]).near_dup is None
+
+
+def test_verify_finds_texts_by_key_when_curation_left_gaps(tmp_path):
+    """Curation drops documents after their keys are given (keys 0, 3, 7 ... with gaps): the
+    verify step must read the text of each key, not the row at the key's low bits."""
+    import pyarrow as pa
+
+    from rayworks import storage
+    from rayworks.data.clean import unit_key
+    from rayworks.data.neardup import _texts
+
+    docs = tmp_path / "u-00000.parquet"
+    keys = [unit_key(0, i) for i in (0, 3, 7, 8)]
+    storage.write_bytes(str(docs), storage.table_to_parquet_bytes(pa.table({
+        "key": pa.array(keys, pa.int64()), "text": pa.array(["a", "b", "c", "d"], pa.large_string())})))
+    assert _texts(str(docs), np.array([keys[3], keys[1]], dtype=np.int64)) == ["d", "b"]
+    with pytest.raises(RuntimeError, match="not in"):
+        _texts(str(docs), np.array([unit_key(0, 5)], dtype=np.int64))

@@ -156,12 +156,22 @@ def _pairs_with_b_in(unit: int, pair_paths: list[str]) -> np.ndarray:
     return np.unique(np.concatenate(got), axis=0)
 
 
-def _texts(docs_path: str, rows: np.ndarray) -> list[str]:
-    """Texts at the given row indices of a unit (a key's low 32 bits are its row in the unit)."""
+def _texts(docs_path: str, keys: np.ndarray) -> list[str]:
+    """Texts of the given keys of a unit. Looked up by key, not by position: the curation stages
+    drop documents after their keys are given, so a key's low bits are not its row."""
     import pyarrow as pa
 
-    col = storage.read_parquet(docs_path, columns=["text"]).column("text")
-    return col.take(pa.array(rows, pa.int64())).to_pylist()
+    t = storage.read_parquet(docs_path, columns=["key", "text"])
+    all_keys = t.column("key").to_numpy()
+    order = np.argsort(all_keys, kind="stable")
+    pos = np.searchsorted(all_keys[order], keys)
+    pos = np.minimum(pos, len(order) - 1)
+    rows = order[pos]
+    if len(keys) and not np.array_equal(all_keys[rows], keys):
+        missing = keys[all_keys[rows] != keys][:3]
+        raise RuntimeError(f"near-dup verify: keys {missing.tolist()} are not in {docs_path}; "
+                           "the clean stage's output changed under the job (rerun it from scratch)")
+    return t.column("text").take(pa.array(rows, pa.int64())).to_pylist()
 
 
 def verify_unit(unit: int, pair_paths: list[str], docs_paths: list[str], cfg: dict, out_path: str) -> dict:
@@ -170,9 +180,8 @@ def verify_unit(unit: int, pair_paths: list[str], docs_paths: list[str], cfg: di
     keep = np.zeros(len(pairs), dtype=bool)
     if len(pairs):
         def shingle_map(u: int, ks: np.ndarray) -> dict[int, np.ndarray]:
-            rows = (ks & 0xFFFFFFFF).astype(np.int64)
             return {int(k): mh.shingles(t, cfg["shingle"], cfg["shingle_size"], cfg["seed"])
-                    for k, t in zip(ks, _texts(docs_paths[u], rows))}
+                    for k, t in zip(ks, _texts(docs_paths[u], ks.astype(np.int64)))}
 
         a_units = pairs[:, 0] >> 32
         own = shingle_map(unit, np.unique(np.concatenate([pairs[:, 1], pairs[a_units == unit, 0]])))
