@@ -296,6 +296,13 @@ def pipeline_run(local_cluster, prometheus, tmp_path_factory):
     keys = root / "keys"
     pipe = root / "pipeline.yaml"
     pipe.write_text(yaml.safe_dump(pipeline_config(root, local_cluster.spec_path, keys), sort_keys=False))
+    # The spec's MLflow server, as `rayworks up` starts it beside a cluster (the session cluster is
+    # started through the library, without it): the pipeline's runs, nested stage runs and model
+    # registry are checked in tests/e2e/test_pipeline.py. Integration tests before this ran with
+    # the server down, which training must survive (it records the gap).
+    from rayworks.tracking import server as mlflow_server
+
+    mlflow_server.up(local_cluster.spec, quiet=True)
     started = time.time()
     first = local_cluster.rayworks("run", str(pipe), "--quiet", timeout=1500)
     yield PipelineRun(pipe=str(pipe), keys=keys, started=started, first=first,
@@ -305,6 +312,7 @@ def pipeline_run(local_cluster, prometheus, tmp_path_factory):
     import ray
     from ray import serve
 
+    mlflow_server.down(local_cluster.spec, quiet=True)
     if not ray.is_initialized():
         ray.init(address=local_cluster.address, log_to_driver=False)
     serve.delete(SERVE_APP)

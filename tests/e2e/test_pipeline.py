@@ -134,6 +134,7 @@ def test_pipeline_end_to_end(local_cluster, pipeline_run):
 
     from rayworks.tracking import experiment_name, tracking_uri
 
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a server that is down fails fast
     ml = MlflowClient(tracking_uri(local_cluster.spec))
     eid = ml.get_experiment_by_name(experiment_name(local_cluster.spec)).experiment_id
     parents = ml.search_runs([eid], "tags.`rayworks.pipeline` = 'e2e'", order_by=["attributes.start_time DESC"])
