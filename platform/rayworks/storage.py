@@ -451,3 +451,15 @@ def _remove_tree(local_path: str) -> None:
         shutil.rmtree(local_path, ignore_errors=True)
     else:
         _remove_quietly(local_path)
+
+
+def file_format(path: str, fmt: str) -> str:
+    """A data file's format: ``fmt`` unless it is ``auto``, else by extension (jsonl, parquet, text)."""
+    if fmt != "auto":
+        return fmt
+    low = path.lower()
+    if low.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if low.endswith((".parquet", ".pq")):
+        return "parquet"
+    return "text"

@@ -14,6 +14,7 @@ for a document that fails these checks.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
 import re
@@ -313,3 +314,13 @@ def canonical_json(obj: Any) -> str:
 def config_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of a config or mapping."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

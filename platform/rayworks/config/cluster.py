@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from rayworks.config.base import StrictModel, load_yaml_model
+from rayworks.config.base import StrictModel, is_loopback_host, load_yaml_model
 from rayworks.config.envcheck import check_env_vars, check_secret_names
 from rayworks.config.tracking import Tracking, check_tracking
 
@@ -299,16 +299,6 @@ class ClusterSpec(StrictModel):
     def node_types(self) -> list[tuple[str, NodeType, int]]:
         """(name, node, max count) for the head and every worker group."""
         return [("head", self.head, 1)] + [(g.name, g, g.max_workers) for g in self.worker_groups]
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def default_spec_path() -> Path:

@@ -21,22 +21,12 @@ import re
 
 from pydantic import Field, model_validator
 
-from rayworks.config.base import StrictModel
+from rayworks.config.base import StrictModel, is_loopback_host
 
 USER_VAR = "MLFLOW_TRACKING_USERNAME"   # MLflow's client reads these two itself
 PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
 _URI = r"^https?://[A-Za-z0-9.\[\]:-]+(/[A-Za-z0-9._~/%-]*)?$"
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
-
-
-def is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Tracking(StrictModel):
@@ -62,7 +52,7 @@ class Tracking(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Tracking":
-        if not is_loopback(self.host):
+        if not is_loopback_host(self.host):
             try:
                 ipaddress.ip_address(self.host)
             except ValueError:
@@ -74,8 +64,8 @@ class Tracking(StrictModel):
         """True when the server is reachable from other machines, so it must demand a login."""
         if self.uri:
             host = re.sub(r"^https?://", "", self.uri).split("/")[0].rsplit(":", 1)[0].strip("[]")
-            return self.uri.startswith("http://") and not is_loopback(host)
-        return not is_loopback(self.host)
+            return self.uri.startswith("http://") and not is_loopback_host(host)
+        return not is_loopback_host(self.host)
 
     def client_uri(self, provider: str = "local") -> str | None:
         """The URI clients (jobs, the CLI) use: the external one, the local server's over loopback, or None.

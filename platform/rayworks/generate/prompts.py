@@ -45,24 +45,13 @@ def input_files(path: str) -> list[str]:
     return [path]
 
 
-def file_format(path: str, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    low = path.lower()
-    if low.endswith((".jsonl", ".json", ".ndjson")):
-        return "jsonl"
-    if low.endswith((".parquet", ".pq")):
-        return "parquet"
-    return "text"
-
-
 def read_rows(job: GenerateJob) -> tuple[list[dict], list[str], list[str]]:
     """All input rows as dicts in input order (file by file, line by line), the files and their sha256."""
     rows: list[dict] = []
     files = input_files(job.input.path)
     shas = []
     for f in files:
-        fmt = file_format(f, job.input.format)
+        fmt = storage.file_format(f, job.input.format)
         data = storage.read_bytes(f)
         shas.append(hashlib.sha256(data).hexdigest())
         if fmt == "parquet":

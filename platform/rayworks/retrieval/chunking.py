@@ -46,17 +46,6 @@ def input_files(path: str) -> list[str]:
     return [path]
 
 
-def file_format(path: str, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    low = path.lower()
-    if low.endswith((".jsonl", ".json", ".ndjson")):
-        return "jsonl"
-    if low.endswith((".parquet", ".pq")):
-        return "parquet"
-    return "text"
-
-
 def _rows(data: bytes, fmt: str, name: str):
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -82,7 +71,7 @@ def read_docs(job: EmbedJob) -> Docs:
         out.files.append(f)
         out.sha256.append(hashlib.sha256(data).hexdigest())
         name = storage.name_of(f)
-        for n, row in enumerate(_rows(data, file_format(f, inp.format), name)):
+        for n, row in enumerate(_rows(data, storage.file_format(f, inp.format), name)):
             if "__text__" in row:
                 doc_id, text = name, row["__text__"]
             else:

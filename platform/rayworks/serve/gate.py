@@ -301,20 +301,25 @@ class Gate:
             self._count("reject", code=str(err.status))
             return await self._send_error(send, err)
 
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay_body(body, receive), send)
 
 
-def _scrubbing(send):
-    """A send that buffers a JSON response and passes it through :func:`scrub_models`."""
+def replay_body(body: bytes, receive):
+    """A receive that hands the app a request body already read (once), then the real receive."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def rewriting_send(send, rewrite):
+    """A send that buffers the response body and sends ``rewrite(status, body)`` with its length."""
     start: dict | None = None
     chunks: list[bytes] = []
 
@@ -328,10 +333,15 @@ def _scrubbing(send):
         chunks.append(msg.get("body", b""))
         if msg.get("more_body"):
             return None
-        body = scrub_models(b"".join(chunks))
+        body = rewrite(start["status"], b"".join(chunks))
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await send({**start, "headers": headers})
         return await send({"type": "http.response.body", "body": body})
 
     return wrapped
+
+
+def _scrubbing(send):
+    """A send that buffers a JSON response and passes it through :func:`scrub_models`."""
+    return rewriting_send(send, lambda _status, body: scrub_models(body))

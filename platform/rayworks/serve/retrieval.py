@@ -24,7 +24,7 @@ from typing import Any
 from rayworks import storage
 from rayworks.config.index import (INDEX_FILE, IVFDATA_FILE, M_EMBEDDING, M_INDEX_TYPE, M_METRIC, M_SEARCH,
                                    META_DIR, VECTORS_DIR)
-from rayworks.serve.gate import RequestError
+from rayworks.serve.gate import RequestError, replay_body, rewriting_send
 
 RETRIEVER_DEPLOYMENT = "Retriever"
 RETRIEVE_PATH = "/v1/retrieve"
@@ -313,7 +313,7 @@ class RetrievalMiddleware:
         except RequestError as err:
             return await self._send_json(send, err.status, err.body())
         if k is None:
-            return await self.app(scope, _replay(body or b"", receive), send)
+            return await self.app(scope, replay_body(body or b"", receive), send)
         try:
             hits = (await self._search([rag_query(endpoint, data)], k, "rag"))[0]
         except RequestError as err:
@@ -321,7 +321,8 @@ class RetrievalMiddleware:
         new = json.dumps(augment(endpoint, data, hits, self.max_context_chars)).encode()
         headers = [(n, v) for n, v in scope.get("headers", []) if n.lower() != b"content-length"]
         headers.append((b"content-length", str(len(new)).encode()))
-        return await self.app({**scope, "headers": headers}, _replay(new, receive), _with_sources(send, sources(hits)))
+        return await self.app({**scope, "headers": headers}, replay_body(new, receive),
+                              _with_sources(send, sources(hits)))
 
     async def _retrieve(self, receive, send):
         body = await _read_body(receive)
@@ -370,49 +371,21 @@ async def _read_body(receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 def _with_sources(send, srcs: list[dict]):
     """A send that adds ``sources`` to a successful JSON response (others pass unchanged)."""
-    start: dict | None = None
-    chunks: list[bytes] = []
+    def add(status: int, body: bytes) -> bytes:
+        if status != 200:
+            return body
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body
+        if not isinstance(obj, dict):
+            return body
+        obj["sources"] = srcs
+        return json.dumps(obj).encode()
 
-    async def wrapped(msg):
-        nonlocal start
-        if msg["type"] == "http.response.start":
-            start = msg
-            return None
-        if msg["type"] != "http.response.body" or start is None:
-            return await send(msg)
-        chunks.append(msg.get("body", b""))
-        if msg.get("more_body"):
-            return None
-        body = b"".join(chunks)
-        if start["status"] == 200:
-            try:
-                obj = json.loads(body)
-                if isinstance(obj, dict):
-                    obj["sources"] = srcs
-                    body = json.dumps(obj).encode()
-            except (ValueError, UnicodeDecodeError):
-                pass
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({**start, "headers": headers})
-        return await send({"type": "http.response.body", "body": body})
-
-    return wrapped
+    return rewriting_send(send, add)
 
 
 def check_index(uri: str) -> None:

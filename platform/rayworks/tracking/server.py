@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from rayworks import storage
-from rayworks.config.tracking import PASSWORD_VAR, USER_VAR, is_loopback
+from rayworks.config.base import is_loopback_host
+from rayworks.config.tracking import PASSWORD_VAR, USER_VAR
 from rayworks.errors import ClusterError, ConfigError
 
 PID_FILE = "server.pid"
@@ -55,7 +56,7 @@ def server_command(spec) -> list[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{p['db']}",
            "--artifacts-destination", p["artifacts"], "--serve-artifacts", "--host", t.host, "--port", str(t.port),
            "--workers", str(t.workers)]
-    if not is_loopback(t.host):
+    if not is_loopback_host(t.host):
         cmd += ["--app-name", "basic-auth"]
     return cmd
 
@@ -135,7 +136,7 @@ def up(spec, timeout_s: float = 300, quiet: bool = False) -> dict:
     os.makedirs(p["dir"], exist_ok=True)
     storage.makedirs(p["artifacts"])
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    if not is_loopback(t.host):
+    if not is_loopback_host(t.host):
         env.update(_auth_env(spec, p))
     cmd = server_command(spec)
     with open(p["log"], "ab") as log:
@@ -143,7 +144,7 @@ def up(spec, timeout_s: float = 300, quiet: bool = False) -> dict:
                                 start_new_session=True, cwd=p["dir"])
     Path(p["pid"]).write_text(f"{proc.pid}\n")
     state = {"name": spec.name, "pid": proc.pid, "url": url, "backend_store": f"sqlite:///{p['db']}",
-             "artifact_root": p["artifacts"], "log": p["log"], "basic_auth": not is_loopback(t.host),
+             "artifact_root": p["artifacts"], "log": p["log"], "basic_auth": not is_loopback_host(t.host),
              "started_at": time.time()}
     Path(p["state"]).write_text(json.dumps(state, indent=2))
     deadline = time.time() + timeout_s
