@@ -87,6 +87,7 @@ CURATION_REASONS: tuple[tuple[str, str], ...] = (
     ("quality.alpha_words", "Gopher: too few words with a letter (tables of numbers, garbage)."),
     ("quality.stop_words", "Gopher: too few stop words (not running prose in the expected language)."),
     ("quality.duplicate_lines", "Gopher: too many repeated lines, by count or by characters (boilerplate)."),
+    ("quality.duplicate_paragraphs", "Gopher: too many repeated paragraphs, by count or by characters."),
     ("quality.top_ngram", "Gopher: one word n-gram covers too much of the text (spam, keyword stuffing)."),
     ("quality.duplicate_ngram", "Gopher: too much of the text sits in repeated word n-grams."),
     ("lang.other", "Language ID: the most likely language is not in language.keep."),

@@ -23,7 +23,8 @@ E2E_CURATION = {
                    # Python's own stop words too: the corpus holds tiny modules with no English in them.
                    "stop_words": ["the", "be", "to", "of", "and", "that", "have", "with",
                                   "if", "def", "class", "import", "return", "true"],
-                   "max_duplicate_line_char_ratio": 0.6, "max_top_ngram_ratio": {2: 0.3},
+                   "max_duplicate_line_char_ratio": 0.6, "max_duplicate_paragraph_ratio": 0.6,
+                   "max_duplicate_paragraph_char_ratio": 0.6, "max_top_ngram_ratio": {2: 0.3},
                    "max_duplicate_ngram_ratio": {5: 0.7}},
         # Code has no terminal punctuation and many short lines: those two line rules stay off here.
         "c4": {"terminal_punctuation": False, "min_words_per_line": None, "min_lines": 1, "max_curly_braces": 500},
@@ -62,6 +63,16 @@ PLANTED = {
                            "outside today."),
     "quality.duplicate_lines": "\n".join(["We sing the same old song again tonight."] * 6
                                          + ["Then everybody goes home to sleep."]),
+    # Two long paragraphs and one short line repeated as its own paragraph six times: 5 of 8
+    # paragraphs repeat (0.62 > 0.6) while only 5 of 16 lines do, so the line rule keeps it.
+    "quality.duplicate_paragraphs": "\n\n".join(
+        ["The harbour wakes early in the summer months.\nFishing boats leave before the sun is up.\n"
+         "Gulls follow them out past the stone breakwater.\nThe market opens when the first boats return.\n"
+         "By noon the quay smells of salt and diesel.",
+         "In the afternoon the town is quiet again.\nShopkeepers pull their awnings down against the heat.\n"
+         "Children swim from the slipway by the lifeboat station.\nOld men play cards outside the cafe.\n"
+         "The evening ferry brings visitors from the islands."]
+        + ["Subscribe to our newsletter."] * 6),
     "quality.top_ngram": ("I think the cat the cat the cat the cat the cat the cat sat on the mat with a dog "
                           "and two birds."),
     "quality.duplicate_ngram": " ".join(["Every morning the baker opens his small shop near the harbour "

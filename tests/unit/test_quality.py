@@ -51,6 +51,7 @@ def test_a_good_document_passes_every_paper_rule():
     ("quality.alpha_words", GOOD + " " + " ".join(str(1000 + 7 * i) for i in range(40))),
     ("quality.stop_words", " ".join(f"word{i}x" for i in range(60))),
     ("quality.duplicate_lines", GOOD + "\n" + "\n".join(["Same line here again and again."] * 4)),
+    ("quality.duplicate_paragraphs", GOOD + "\n\nRead more on our blog.\n\nRead more on our blog."),
     ("quality.top_ngram", GOOD.replace("\n", " ") + " " + "fresh bread " * 40),
     ("quality.duplicate_ngram", (GOOD.replace("\n", " ") + " ") * 2),
 ])

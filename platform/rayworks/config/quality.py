@@ -45,6 +45,12 @@ class GopherRules(StrictModel):
                                      "(quality.duplicate_lines).")
     max_duplicate_line_char_ratio: float | None = Field(
         0.2, ge=0, le=1, description="Share of characters in repeated lines above this drops (quality.duplicate_lines).")
+    max_duplicate_paragraph_ratio: float | None = Field(
+        0.3, ge=0, le=1, description="Share of paragraphs (blocks between blank lines) that repeat an earlier "
+                                     "paragraph above this drops (quality.duplicate_paragraphs).")
+    max_duplicate_paragraph_char_ratio: float | None = Field(
+        0.2, ge=0, le=1, description="Share of characters in repeated paragraphs above this drops "
+                                     "(quality.duplicate_paragraphs).")
     max_top_ngram_ratio: dict[int, float] = Field(
         default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16},
         description="n -> limit: share of word characters covered by the most frequent word n-gram above the limit "

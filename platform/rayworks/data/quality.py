@@ -22,7 +22,8 @@ import numpy as np
 # Document drop reasons, in the order the rules run.
 GOPHER_RULES = ("quality.word_count", "quality.mean_word_length", "quality.symbol_ratio",
                 "quality.ellipsis_lines", "quality.bullet_lines", "quality.alpha_words", "quality.stop_words",
-                "quality.duplicate_lines", "quality.top_ngram", "quality.duplicate_ngram")
+                "quality.duplicate_lines", "quality.duplicate_paragraphs", "quality.top_ngram",
+                "quality.duplicate_ngram")
 C4_DOC_RULES = ("quality.c4_curly_braces", "quality.c4_too_few_lines")
 REASONS = C4_DOC_RULES + GOPHER_RULES
 # Line removals (not document drops): counted in the manifest's counts.lines_removed.
@@ -33,6 +34,7 @@ ELLIPSES = ("...", "…")
 TERMINAL = (".", "!", "?", '"', "'", "”", "’")
 # Stripped from both ends of a word before stop-word and n-gram comparisons (str.strip: C speed).
 PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~“”‘’«»„‚…—–·•¡¿"
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _HAS_LETTER = re.compile(r"[^\W\d_]").search
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier for the n-gram hash (uint64 arithmetic wraps)
 
@@ -84,6 +86,20 @@ def _ngram_stats(ids: np.ndarray, lens: np.ndarray, n: int) -> tuple[int, int, i
     return top_chars, dup_chars, total
 
 
+def _repeat_ratios(blocks: list[str]) -> tuple[float, float]:
+    """(share of blocks equal to an earlier block, share of characters in those repeats); 0 for none."""
+    if not blocks:
+        return 0.0, 0.0
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for b in blocks:
+        if b in seen:
+            dup += 1
+            dup_chars += len(b)
+        seen.add(b)
+    return dup / len(blocks), dup_chars / max(1, sum(map(len, blocks)))
+
+
 def gopher_findings(text: str, cfg: dict, stop_first: bool) -> list[Finding]:
     """The Gopher rules ``text`` fails (only the first when ``stop_first``), with measured values."""
     out: list[Finding] = []
@@ -130,20 +146,24 @@ def gopher_findings(text: str, cfg: dict, stop_first: bool) -> list[Finding]:
         if k < cfg["min_stop_words"] and fail("quality.stop_words", k):
             return out
     if lines and (cfg["max_duplicate_line_ratio"] is not None or cfg["max_duplicate_line_char_ratio"] is not None):
-        seen: set[str] = set()
-        dup_lines = dup_chars = 0
-        for ln in lines:
-            if ln in seen:
-                dup_lines += 1
-                dup_chars += len(ln)
-            seen.add(ln)
-        r_lines = dup_lines / len(lines)
-        r_chars = dup_chars / max(1, sum(len(ln) for ln in lines))
+        r_lines, r_chars = _repeat_ratios(lines)
         if cfg["max_duplicate_line_ratio"] is not None and r_lines > cfg["max_duplicate_line_ratio"]:
             if fail("quality.duplicate_lines", r_lines):
                 return out
         elif cfg["max_duplicate_line_char_ratio"] is not None and r_chars > cfg["max_duplicate_line_char_ratio"]:
             if fail("quality.duplicate_lines", r_chars):
+                return out
+    if cfg["max_duplicate_paragraph_ratio"] is not None or cfg["max_duplicate_paragraph_char_ratio"] is not None:
+        # Gopher's paragraphs are blocks separated by blank lines; a one-paragraph text repeats nothing.
+        paras = [p.strip() for p in _PARAGRAPH_BREAK.split(text)]
+        paras = [p for p in paras if p]
+        r_count, r_chars = _repeat_ratios(paras)
+        if cfg["max_duplicate_paragraph_ratio"] is not None and r_count > cfg["max_duplicate_paragraph_ratio"]:
+            if fail("quality.duplicate_paragraphs", r_count):
+                return out
+        elif (cfg["max_duplicate_paragraph_char_ratio"] is not None
+              and r_chars > cfg["max_duplicate_paragraph_char_ratio"]):
+            if fail("quality.duplicate_paragraphs", r_chars, "chars"):
                 return out
     if cfg["max_top_ngram_ratio"] or cfg["max_duplicate_ngram_ratio"]:
         lw = [w for w in norm if w]
