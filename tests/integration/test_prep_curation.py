@@ -63,3 +63,12 @@ def test_dry_run_inspection_file_and_curation_counts(ray_on_cluster, tmp_path):
     assert c["languages"]["en"] > 50 and c["languages"]["de"] == 1
     assert c["decontam_eval"] == {"eval_texts": 2, "eval_texts_shorter_than_n": 0, "eval_ngrams": 18}
     assert [i["role"] for i in m["inputs"]].count("decontam") == 1
+
+    # The document index carries each kept document's language and score into the output.
+    from rayworks.data.manifest import document_index
+
+    for split in ("train", "val"):
+        idx = document_index(str(out), split).to_pydict()
+        assert len(idx["key"]) == m["splits"][split]["documents"] and len(set(idx["key"])) == len(idx["key"])
+        assert set(idx["lang"]) == {"en"} and min(idx["lang_score"]) >= 0.7, split
+    assert sum(document_index(str(out), s).column("tokens").to_numpy().sum() for s in ("train", "val")) == c["tokens"]

@@ -184,8 +184,11 @@ def test_pack_unit_rows_tails_and_split(tmp_path, tok_json):
     texts = [f"document number {i} says hello" * (1 + i % 3) for i in range(40)] + ["document number 0 says hello"]
     keys = [unit_key(2, i) for i in range(len(texts))]
     docs = tmp_path / "u.parquet"
+    langs = ["en" if i % 4 else "de" for i in range(len(texts))]
+    scores = [0.5 + i / 100 for i in range(len(texts))]
     pq.write_table(pa.table({"key": pa.array(keys, pa.int64()),
-                             "hash": pa.array([content_hash(t) for t in texts], pa.binary(16)), "text": texts}), docs)
+                             "hash": pa.array([content_hash(t) for t in texts], pa.binary(16)), "text": texts,
+                             "lang": langs, "lang_score": pa.array(scores, pa.float32())}), docs)
     bucket = tmp_path / "b.parquet"
     pq.write_table(pa.table({"key": pa.array([keys[-1]], pa.int64())}), bucket)
     r = pack_unit(2, str(docs), [str(bucket)], tj, entry["eos_token_id"], entry["vocab_size"], 16, 0.2, 0,
@@ -202,6 +205,20 @@ def test_pack_unit_rows_tails_and_split(tmp_path, tok_json):
         assert hashlib.sha256((tmp_path / "out" / name / "part-00002.parquet").read_bytes()).hexdigest() == s["sha256"]
     counts = np.frombuffer((tmp_path / "counts").read_bytes(), dtype=np.int64)
     assert counts.sum() == tr["rows"] * 16 and counts[entry["eos_token_id"]] > 0
+
+    # The document index: every kept document once, in its split, with its tokens and language score.
+    seen = []
+    for name, s in (("train", tr), ("val", va)):
+        f = tmp_path / "out" / "documents" / f"{name}-00002.parquet"
+        idx = pq.read_table(f).to_pydict()
+        assert s["document_index"] == {"documents": s["documents"], "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        assert sum(idx["tokens"]) == s["tokens"] and idx["key"] == sorted(idx["key"])
+        for k, n, lang, sc in zip(idx["key"], idx["tokens"], idx["lang"], idx["lang_score"]):
+            i = keys.index(k)
+            assert n == len(tok.encode(texts[i], add_special_tokens=False).ids) + 1
+            assert (lang, round(sc, 4)) == (langs[i], round(scores[i], 4))
+        seen += idx["key"]
+    assert sorted(seen) == keys[:40]
 
 
 def test_encode_stream_puts_eos_after_each_document(tok_json):

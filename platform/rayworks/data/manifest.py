@@ -7,6 +7,7 @@ Layout of a prep output (``{storage}/prep/{name}`` by default)::
     tokenizer/               PreTrainedTokenizerFast.save_pretrained output
     train/part-NNNNN.parquet input_ids: fixed_size_list<int32>[seq_len]
     val/part-NNNNN.parquet
+    documents/{split}-NNNNN.parquet  per unit: key, tokens (+ lang, lang_score) of each document
 
 Beside the common core (see :mod:`rayworks.artifacts`; ``outputs`` lists every shard and
 tokenizer file with its sha256 and size) it records ``splits``, ``tokenizer``, ``seq_len``
@@ -57,3 +58,20 @@ def tokenizer_dir(manifest_uri: str) -> str:
     """Where the manifest's tokenizer directory lies."""
     m = read_manifest(manifest_uri)
     return storage.join(output_dir(manifest_uri), m["tokenizer"]["dir"])
+
+
+def document_index(manifest_uri: str, split: str):
+    """A split's document index as one Arrow table (key, tokens[, lang, lang_score]), in packing order.
+
+    The token counts include each document's end-of-text token; within a unit their running sum
+    is the document's offset in that unit's token stream (see :mod:`rayworks.data.pack`).
+    """
+    import pyarrow as pa
+
+    m = read_manifest(manifest_uri)
+    base = output_dir(manifest_uri)
+    prefix = f"documents/{split}-"
+    names = sorted(f["path"] for f in m["outputs"] if f["path"].startswith(prefix))
+    tables = [storage.read_parquet(storage.join(base, n)) for n in names]
+    return pa.concat_tables(tables) if tables else pa.table({"key": pa.array([], pa.int64()),
+                                                             "tokens": pa.array([], pa.int32())})
