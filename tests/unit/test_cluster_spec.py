@@ -65,6 +65,19 @@ def test_shipped_specs_are_valid(path, capsys):
     assert f"valid {spec.provider.type} spec" in capsys.readouterr().out
 
 
+def test_validate_says_where_runs_are_tracked(tmp_path, capsys):
+    """A cloud spec without tracking.uri logs nowhere: validate says so instead of staying silent."""
+    aws = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    cases = [({"enabled": True}, "tracking: off: rayworks runs an MLflow server only beside a local cluster"),
+             ({"enabled": False}, "tracking: off (tracking.enabled: false)"),
+             ({"uri": "https://mlflow.internal"}, "tracking: MLflow at https://mlflow.internal")]
+    for tracking, line in cases:
+        path = tmp_path / "aws.yaml"
+        path.write_text(yaml.safe_dump({**aws, "tracking": tracking}, sort_keys=False))
+        assert cli_main(["cluster", "validate", str(path)]) == 0
+        assert line in capsys.readouterr().out, tracking
+
+
 @pytest.mark.parametrize("name", ["aws", "gcp"])
 def test_cloud_specs_pin_the_stack_and_have_cpu_and_gpu_groups(name):
     spec = load_cluster_spec(REPO / "cluster" / f"{name}.yaml")

@@ -30,6 +30,14 @@ def cmd_validate(a) -> int:
                        f"{_gpus(g)})"
                        for g in spec.worker_groups) or "none"
     print(f"{a.spec}: valid {ptype} spec {spec.name!r}; head {spec.head.num_cpus} CPU; worker groups: {groups}")
+    uri = spec.tracking.client_uri(ptype)
+    if uri:
+        print(f"tracking: MLflow at {uri}")
+    elif spec.tracking.enabled:  # enabled, but a cloud spec without uri: say so rather than stay silent
+        print("tracking: off: rayworks runs an MLflow server only beside a local cluster; set tracking.uri "
+              "to your MLflow server to log runs from this cluster")
+    else:
+        print("tracking: off (tracking.enabled: false)")
     return 0
 
 
