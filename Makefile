@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml
 	@command -v prometheus >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -q prometheus >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null)) \
 	  && echo "installed prometheus" || echo "prometheus not installed: monitoring tests will fail; apt-get install prometheus"; }
+	@# redis-server for a local head with head.fault_tolerance: redis (GCS fault tolerance; Debian package).
+	@command -v redis-server >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q redis-server >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) \
+	  && { command -v systemctl >/dev/null 2>&1 && systemctl disable --now redis-server >/dev/null 2>&1; \
+	       echo "installed redis-server (its system service, on the GCS's default port 6379, left off: rayworks starts its own)"; } \
+	  || echo "redis-server not installed: multi-node tests will fail; apt-get install redis-server"; }
 	touch $(STAMP)
 
 demo: setup

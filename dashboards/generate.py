@@ -22,7 +22,7 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from panels import DASHBOARDS, GPU_ONLY, Dashboard, Panel  # noqa: E402,F401 - GPU_ONLY for the tests
+from panels import DASHBOARDS, GPU_ONLY, RETRIEVAL_ONLY, Dashboard, Panel  # noqa: E402,F401 - markers for the tests
 
 PROMETHEUS_YML = HERE / "prometheus" / "prometheus.yml"
 # The generic config runs on the head node (where Ray writes its scrape targets),

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 RATE = "$__rate_interval"
 GPU_ONLY = "Shows data on clusters with GPUs only."
+# The e2e pipeline neither embeds nor serves an index: these panels are checked against a real
+# Prometheus by tests/integration/test_retrieval.py instead (tests/e2e/test_dashboards.py skips them).
+RETRIEVAL_ONLY = "Shows data where retrieval runs: embed jobs, or a served app with an index attached."
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,17 @@ PREP = Dashboard(
                     "{{run}} {{split}}"),), kind="stat"),
         )),
         CURATION_ROW,
+        Row("Embeddings (rayworks embed jobs)", (
+            Panel("Chunks embedded per second", "ops",
+                  "Document chunks the embed job's vLLM pooling engines turned into vectors per second, by "
+                  "embed job. A rerun that resumes embeds only the parts not committed yet. " + RETRIEVAL_ONLY,
+                  ((rate("ray_rayworks_embed_chunks_total", "run", 'job="embed"'), "{{run}}"),)),
+            Panel("Embedding parts committed in the run", "short",
+                  "Parquet parts of vectors written and committed (the unit a crashed embed job resumes "
+                  "from), by embed job. " + RETRIEVAL_ONLY,
+                  (('sum by (run) (ray_rayworks_embed_parts_committed_total{job="embed"})', "{{run}}"),),
+                  kind="stat"),
+        )),
         Row("Ray Data (all datasets on the cluster)", (
             Panel("Rows output per second, by operator", "short",
                   "Rows each Ray Data operator hands downstream per second. The slowest operator sets the "
@@ -185,6 +199,9 @@ PREP = Dashboard(
 
 # ---------------------------------------------------------------- training
 TRAIN_SEL = 'job="train", run=~"$run"'
+EVAL_SEL = 'job="eval", run=~"$eval_run"'
+EVAL_RUN_VAR = Variable("eval_run", "Eval run", "label_values(ray_rayworks_eval_gate_passed, run)",
+                        "The eval job's `name` (all eval runs by default).")
 
 
 def train_gauge(metric: str, agg: str = "max") -> tuple[tuple[str, str], ...]:
@@ -193,8 +210,9 @@ def train_gauge(metric: str, agg: str = "max") -> tuple[tuple[str, str], ...]:
 
 TRAIN = Dashboard(
     uid="rayworks-train", title="rayworks / Training",
-    description="Ray Train + DeepSpeed runs: loss, learning rate, throughput, efficiency and memory.",
-    tags=("train",), variables=(run_var("ray_rayworks_train_loss"),),
+    description="Ray Train + DeepSpeed runs: loss, learning rate, throughput, efficiency and memory; the eval "
+                "jobs' scores of the exports.",
+    tags=("train",), variables=(run_var("ray_rayworks_train_loss"), EVAL_RUN_VAR),
     rows=(
         Row("Progress", (
             Panel("Training loss", "none",
@@ -263,6 +281,28 @@ TRAIN = Dashboard(
                   "Seconds workers spent blocked in ray.train.report (checkpoint upload and metric sync). "
                   "A steep line means checkpointing slows training down.",
                   (("max by (ray_train_run_name) (ray_train_report_total_blocked_time_s)", "{{ray_train_run_name}}"),)),
+        )),
+        # The eval job (rayworks.eval.job.export_metrics) scores an export before it is served.
+        Row("Evaluation (eval jobs)", (
+            Panel("Eval loss (candidate vs serving)", "none",
+                  "Token-weighted loss of the evaluated model (candidate) on each data source (prep:val, "
+                  "jsonl), and, when the pipeline's eval stage compares, of the model now serving (serving) "
+                  "on the same data. The promotion gate refuses a candidate more than "
+                  "max_val_loss_regression above serving.",
+                  ((f"max by (run, source, model) (ray_rayworks_eval_loss{{{EVAL_SEL}}})",
+                    "{{run}} {{source}} {{model}}"),), min=None),
+            Panel("Eval task scores", "percentunit",
+                  "lm-evaluation-harness task metrics (acc, acc_norm, exact_match, ...) of the evaluated "
+                  "model, by task. The gate's min_accuracy rules are checked against these.",
+                  ((f"max by (run, task, metric) (ray_rayworks_eval_task_score{{{EVAL_SEL}}})",
+                    "{{run}} {{task}} {{metric}}"),)),
+            Panel("Promotion gate", "short",
+                  "1 if the last evaluation passed the promotion gate (the model may be deployed), 0 if it "
+                  "failed (the pipeline stops before serve; the model now serving keeps serving).",
+                  ((f"max by (run) (ray_rayworks_eval_gate_passed{{{EVAL_SEL}}})", "{{run}}"),), kind="stat"),
+            Panel("Eval tokens scored per second", "short",
+                  "Tokens the perplexity job scored per second (all its Ray Data model actors together).",
+                  ((f"max by (run, source) (ray_rayworks_eval_tokens_per_s{{{EVAL_SEL}}})", "{{run}} {{source}}"),)),
         )),
     ),
 )
@@ -343,6 +383,19 @@ SERVE = Dashboard(
                   "(max_tokens reached) or abort (client went away).",
                   ((rate("ray_vllm_request_success_total", "model_name, finished_reason"),
                     "{{model_name}} {{finished_reason}}"),)),
+        )),
+        Row("Retrieval (rayworks, apps with an index attached)", (
+            Panel("Retrieval queries per second", "reqps",
+                  "Queries embedded and searched per second: POST /v1/retrieve (retrieve, each query of a "
+                  "batch counts) and completions/chat with the rag option (rag). " + RETRIEVAL_ONLY,
+                  ((rate("ray_rayworks_serve_retrieval_queries_total", "kind", 'job="serve"'), "{{kind}}"),)),
+            Panel("Retrieval latency (p50, p99)", "s",
+                  "Seconds to embed a request's queries with the index's model and search the index (the "
+                  "Retriever deployment), before a RAG prompt reaches the engine. " + RETRIEVAL_ONLY,
+                  ((quantile(0.5, "ray_rayworks_serve_retrieval_latency_s_bucket", "kind", 'job="serve"'),
+                    "p50 {{kind}}"),
+                   (quantile(0.99, "ray_rayworks_serve_retrieval_latency_s_bucket", "kind", 'job="serve"'),
+                    "p99 {{kind}}"))),
         )),
         Row("API-key gate (rayworks)", (
             Panel("Authentication rejections per second", "reqps",

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.multinode_fixture import multinode_cluster, ray_on_multinode  # noqa: F401  (session multi-node cluster)
+from tests.multinode_serve import multinode_app  # noqa: F401  (its served app: 2 replicas on 2 nodes)
 
 REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000"))
@@ -117,7 +118,7 @@ def make_spec_dict(name: str, storage: Path, base: int = PORT_BASE) -> dict:
         # The session's own MLflow server (started by `rayworks up`), never a demo's on :5000.
         "tracking": {"port": base + 92},
         "serve": {"host": "127.0.0.1", "port": base + 3, "haproxy_stats_port": base + 6,
-                  "haproxy_metrics_port": base + 7},
+                  "haproxy_metrics_port": base + 7, "fallback_proxy_port": base + 9},
         "local": {"gcs_port": base, "ray_client_port": base + 4, "dashboard_agent_listen_port": base + 5,
                   "temp_dir": f"/tmp/rw{base}", "object_store_memory_gb": 1.5},
     }

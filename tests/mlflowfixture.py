@@ -1,7 +1,8 @@
 """A real MLflow server started by rayworks (``rayworks.tracking.server``) for a test module, plus readers.
 
-Ports: RAYWORKS_TEST_PORT_BASE + 93 (tests/integration/test_train_run.py) and + 94
-(tests/integration/test_tracking.py); + 95 is never listened on (a stopped server).
+Ports: RAYWORKS_TEST_PORT_BASE + 93 (tests/integration/test_train_run.py), + 94
+(tests/integration/test_tracking.py) and + 96 (tests/integration/test_generate_job.py); + 95 is
+never listened on (a stopped server).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 
 PORT_BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000"))
 TRAIN_PORT, TRACKING_PORT, DEAD_PORT = PORT_BASE + 93, PORT_BASE + 94, PORT_BASE + 95
+GENERATE_PORT = PORT_BASE + 96
 TRAIN_METRICS = ("train_loss", "val_loss", "lr", "grad_norm", "num_tokens")  # the same on every rank
 
 
@@ -46,6 +48,44 @@ def mlflow_server(root: Path, port: int):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
+        server.down(spec, quiet=True)
+
+
+@contextmanager
+def server_in_background(root: Path, port: int):
+    """Starts MLflow through rayworks in a thread, so that its start (~40 s, SQLite migrations) overlaps
+    the caller's own work; yields a function that waits for the server and returns its URL. Stops it.
+
+    Jobs reach it through their runtime env (``MLFLOW_TRACKING_URI``); this process's env is left alone.
+    """
+    import threading
+
+    from rayworks.config.cluster import load_cluster_spec
+    from rayworks.tracking import server
+
+    spec = load_cluster_spec(write_spec(root, port))
+    server.down(spec, quiet=True)  # a leftover of a killed session
+    box: dict = {}
+
+    def start():
+        try:
+            box["url"] = server.up(spec, timeout_s=600, quiet=True)["url"]
+        except Exception as exc:  # noqa: BLE001 - raised in the test that waits for it
+            box["error"] = exc
+
+    th = threading.Thread(target=start, daemon=True)
+    th.start()
+
+    def url() -> str:
+        th.join()
+        if "error" in box:
+            raise box["error"]
+        return box["url"]
+
+    try:
+        yield url
+    finally:
+        th.join()
         server.down(spec, quiet=True)
 
 

@@ -1,6 +1,7 @@
 """The session's multi-node cluster: a 1-CPU head whose own autoscaler launches `cpu` nodes on demand.
 
-Ports: RAYWORKS_TEST_PORT_BASE + 120..129 (the one-node session cluster uses base..base+90).
+Ports: RAYWORKS_TEST_PORT_BASE + 120..129 (the one-node session cluster uses base..base+90); Redis on +128,
+Serve's fallback proxy (beside HAProxy, default 8500 for every cluster) on +129.
 Worker group ``cpu``: min 0, max 3, 2 logical CPUs each, idle timeout 0.25 min, so a task that
 asks for 2 CPUs cannot run on the head and makes Ray's autoscaler add a node.
 """
@@ -39,9 +40,9 @@ def multinode_spec_dict(storage: Path, base: int = MN_BASE, fault_tolerance: str
         # No MLflow server for this cluster: its tests are about nodes (and :5000 may be a demo's).
         "tracking": {"enabled": False},
         "serve": {"host": "127.0.0.1", "port": base + 3, "haproxy_stats_port": base + 6,
-                  "haproxy_metrics_port": base + 7},
+                  "haproxy_metrics_port": base + 7, "fallback_proxy_port": base + 9},
         "local": {"gcs_port": base, "ray_client_port": base + 4, "dashboard_agent_listen_port": base + 5,
-                  "temp_dir": f"/tmp/rw{base}", "object_store_memory_gb": 0.5},
+                  "temp_dir": f"/tmp/rw{base}", "object_store_memory_gb": 0.5, "redis_port": base + 8},
     }
 
 
@@ -95,7 +96,8 @@ def multinode_cluster(tmp_path_factory) -> MultiNodeCluster:
     storage = root / "artifacts"
     storage.mkdir()
     spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(multinode_spec_dict(storage)))
+    # GCS fault tolerance on (rayworks runs Redis and a GCS supervisor): test_multinode_ha.py kills the GCS.
+    spec_path.write_text(yaml.safe_dump(multinode_spec_dict(storage, fault_tolerance="redis")))
     spec = load_cluster_spec(spec_path)
     local.down(spec, quiet=True)  # a leftover from a killed session
     local.up(spec, timeout_s=300, quiet=True)

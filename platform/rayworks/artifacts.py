@@ -223,7 +223,11 @@ def _protected(storage_root: str | None) -> list[tuple[str, str]]:
         out.append((repo, "the rayworks repository"))
     if storage_root and not storage.is_remote(storage_root):
         out.append((storage.filesystem(storage_root)[1], "the storage root"))
-    return out + [(os.getcwd(), "the current folder")]
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # the folder was removed under us (a job's working_dir cleaned up): nothing to guard
+        return out
+    return out + [(cwd, "the current folder")]
 
 
 def check_output_dir(uri: str, storage_root: str | None = None, field: str = "output",

@@ -17,7 +17,7 @@ from pathlib import Path
 from procs import install, owned
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["prep", "train", "serve", "generate", "embed", "index", "neardup"]
+ORDER = ["prep", "train", "serve", "generate", "embed", "index", "neardup", "eval"]
 
 
 def main(argv: list[str]) -> int:

@@ -143,10 +143,40 @@ def test_pipeline_end_to_end(local_cluster, pipeline_run):
     stages = {r.data.tags["rayworks.stage"]: r.data.tags["rayworks.status"] for r in nested}
     assert {k: stages.get(k) for k in ("prep", "train", "serve")} == {"prep": "skipped", "train": "ran",
                                                                       "serve": "ran"}, stages
+    # A stage job's own run is its nested run: prep's (first pipeline run) holds the prep job's own
+    # counts and is the run its manifest names; the third run's train likewise; the skipped prep's
+    # nested run links the run that made its output.
+    by_stage = {r.data.tags["rayworks.stage"]: r for r in nested}
+    prep_track = prep["tracking"]
+    made = ml.get_run(prep_track["run_id"])
+    assert made.data.tags["rayworks.kind"] == "prep" and made.data.tags["rayworks.status"] == "ran"
+    assert made.data.tags["mlflow.parentRunId"] == prep_track["parent_run_id"] != parents[0].info.run_id
+    assert made.data.metrics["documents_kept"] == c["documents_kept"] and made.data.metrics["tokens"] == c["tokens"]
+    assert made.data.metrics["dropped.too_short"] == c["dropped"]["too_short"], made.data.metrics
+    assert made.data.params["config.name"] == "e2e-prep" and prep_track["skipped_logs"] == 0
+    skipped = by_stage["prep"]
+    assert skipped.data.tags["rayworks.output_run_id"] == prep_track["run_id"] != skipped.info.run_id
+    train_track = json.loads((local_cluster.storage / "train" / "e2e-train" / "manifest.json").read_text())["tracking"]
+    assert by_stage["train"].info.run_id == train_track["run_id"] and \
+        train_track["parent_run_id"] == parents[0].info.run_id
     mv = ml.get_model_version_by_alias("e2e-train", "serving")
     export_sha = hashlib.sha256((local_cluster.storage / "train" / "e2e-train" / "export" / "manifest.json")
                                 .read_bytes()).hexdigest()
     assert int(mv.version) >= 2 and mv.tags["rayworks.export_manifest_sha256"] == export_sha, (mv.version, mv.tags)
+
+    # The eval stage of the third run logged its scores into the training run that made the export
+    # (eval/ metrics at the export's step, equal to its results.json; results.json as an artifact).
+    from rayworks.eval.training_run import metrics_of
+
+    train = json.loads((local_cluster.storage / "train" / "e2e-train" / "manifest.json").read_text())
+    ev_dir = local_cluster.storage / "eval" / "e2e-eval"
+    ev_tracking = json.loads((ev_dir / "manifest.json").read_text())["tracking"]
+    assert ev_tracking["run_id"] == train["tracking"]["run_id"] and ev_tracking["step"] == 28, ev_tracking
+    want = metrics_of(json.loads((ev_dir / "results.json").read_text()))
+    assert "eval/prep_val/loss" in want and "eval/rw_facts_mc/acc" in want, want
+    for k, v in want.items():
+        assert (28, v) in [(m.step, m.value) for m in ml.get_metric_history(ev_tracking["run_id"], k)], k
+    assert ev_tracking["artifact"] in [f.path for f in ml.list_artifacts(ev_tracking["run_id"], "eval/e2e-eval")]
 
 
 @pytest.mark.timeout(1200)

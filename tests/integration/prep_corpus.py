@@ -53,6 +53,8 @@ def job_dict(paths: dict, out: Path, **over) -> dict:
         "tokenizer": {"vocab_size": 320, "sample_mb": 0.2},
         "seq_len": 64, "val_fraction": 0.1, "unit_mb": 0.12, "on_bad_file": "skip",
         "execution": {"num_workers": 2},
+        # Byte-identical manifests are compared: no MLflow run id in them (and no run in a server on :5000).
+        "tracking": False,
     }
     for k, v in over.items():
         d[k] = v

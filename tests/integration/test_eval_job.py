@@ -148,6 +148,14 @@ def test_val_loss_matches_training_and_the_manifest_records_the_inputs(runs, tra
     assert roles["prep"]["sha256"] and m["versions"]["lm_eval"] and m["kind"] == "eval"
     saved = json.loads((runs["root"] / "trained" / "results.json").read_text())
     assert saved["perplexity"] == t["perplexity"]
+    # The training run is found through the train manifest beside the export. Integration tests run
+    # with the session's MLflow server down (tests/conftest.py): training recorded no run, and the eval
+    # job says so instead of failing (the e2e pipeline checks the scores in a live server's run).
+    tr = m["tracking"]
+    assert tr["found_by"] == "train manifest" and tr["step"] == train_manifest["steps"], tr
+    assert tr["run_id"] == (train_manifest.get("tracking") or {}).get("run_id"), (tr, train_manifest["tracking"])
+    other = json.loads((runs["root"] / "random" / "manifest.json").read_text())["tracking"]
+    assert other.get("run_id") is None and "no rayworks training export" in other.get("reason", ""), other
 
 
 def test_gate_passes_the_better_model_and_refuses_the_worse(runs):

@@ -4,7 +4,9 @@ Run 1 is submitted through `rayworks submit --no-wait`, stopped for real (`raywo
 stop`) once some chunks are committed; run 2 resumes. Checks: every good prompt has
 exactly one output, in input order; the planted bad rows are in the errors file with
 their reasons; chunks committed by run 1 are untouched and run 2 generated exactly the
-other prompts (no prompt generated twice). Two engine starts in all.
+other prompts (no prompt generated twice); run 2's own MLflow run (a real server, started
+while run 1 generates) holds its completion and token counts and its manifest. Two engine
+starts in all.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from tests import mlflowfixture as mlf
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +68,13 @@ def setup(local_cluster, tmp_path_factory):
     return {"config": path, "out": out, "rows": rows, "model": model}
 
 
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory):
+    """A real MLflow server for run 2, started while run 1 generates (its start overlaps the engine's)."""
+    with mlf.server_in_background(tmp_path_factory.mktemp("gen-mlflow"), mlf.GENERATE_PORT) as url:
+        yield url
+
+
 def _chunks(out: Path) -> dict[str, bytes]:
     d = out / "chunks"
     return {p.name: p.read_bytes() for p in sorted(d.glob("chunk-*.parquet"))} if d.is_dir() else {}
@@ -89,7 +100,7 @@ def test_missing_model_fails_before_any_engine(local_cluster, setup):
 
 
 @pytest.mark.timeout(1200)  # two engine starts and 192 prompts on 2 cores
-def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup):
+def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup, mlflow_url):
     out = setup["out"]
     total_chunks = -(-NUM_PROMPTS // CHUNK)
     proc = local_cluster.rayworks("submit", str(setup["config"]), "--no-wait", check=True)
@@ -114,8 +125,11 @@ def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup):
     run1 = {pq.read_table(out / "chunks" / n).column("run_id")[0].as_py() for n in before}
     ids_before = {i for n in before for i in pq.read_table(out / "chunks" / n).column("id").to_pylist()}
 
-    # Run 2: resumes. Only prompts without a committed output go to the engine.
-    proc = local_cluster.rayworks("submit", str(setup["config"]), check=True, timeout=900)
+    # Run 2: resumes. Only prompts without a committed output go to the engine. It logs to a real
+    # MLflow server, named in its runtime env (not part of the results key: still a resume).
+    url = mlflow_url()
+    proc = local_cluster.rayworks("submit", str(setup["config"]), "--set",
+                                  f"runtime_env.env_vars.MLFLOW_TRACKING_URI={url}", check=True, timeout=900)
     logs = c.get_job_logs(re.search(r"submitted generate job (\S+)", proc.stdout).group(1))
     summary_line = [ln for ln in logs.splitlines() if ln.startswith("RAYWORKS_GENERATE_SUMMARY ")]
     summary = json.loads(summary_line[-1].split(" ", 1)[1])
@@ -141,6 +155,19 @@ def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup):
     assert sorted(run2_ids + sorted(ids_before)) == sorted(k for _, k in good)
     runs_dir = sorted(p.name for p in (out / "runs").glob("*.json"))
     assert runs_dir == [f"{summary['run_id']}.json"]  # run 1 was killed before writing its record
+
+    # Run 2's own MLflow run holds what its manifest says: completions, tokens, the manifest itself.
+    tr = json.loads((out / "manifest.json").read_text())["tracking"]
+    assert tr["uri"] == url and tr["run_id"] and tr["skipped_logs"] == 0, tr
+    ml = mlf.client(url)
+    run = ml.get_run(tr["run_id"])
+    m = run.data.metrics
+    assert m["num_completions"] == t.num_rows == summary["num_prompts"] and m["num_errors"] == len(BAD)
+    assert m["num_generated"] == summary["num_generated"] and m["num_output_tokens"] == summary["num_output_tokens"]
+    assert m["total_output_tokens"] == sum(t.column("num_output_tokens").to_pylist()) and m["output_tokens_per_s"] > 0
+    assert run.data.tags["rayworks.generate_run_id"] == summary["run_id"] and run.info.status == "FINISHED"
+    assert run.data.params["config.name"] == "gen-test" and run.data.tags["rayworks.kind"] == "generate"
+    assert [a.path for a in ml.list_artifacts(tr["run_id"])] == ["manifest.json"]
 
     rows = t.to_pylist()
     for r in rows:

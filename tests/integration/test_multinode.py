@@ -98,32 +98,104 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_prep_spread_over_nodes_is_byte_identical_to_a_serial_run(ray_on_multinode, tmp_path):
+@pytest.fixture(scope="module")
+def serial_prep(ray_on_multinode, tmp_path_factory):
+    """The prep corpus, its serial (one 1-CPU task at a time) output and the output path every run uses.
+
+    Every run writes to the same path (the manifest records it) and must produce these bytes."""
+    from rayworks.config.jobs import load_job_data
+    from rayworks.data.job import run
+
+    root = tmp_path_factory.mktemp("mnprepcorpus")
+    paths, out = prep_corpus.build(root / "corpus", size_mb=0.3), root / "out"
+    run(load_job_data(prep_corpus.job_dict(paths, out, execution={"num_workers": 1}), "test", REPO))
+    return paths, _tree(out), out
+
+
+def _spread_prep(mc, paths, out: Path, watch=None) -> tuple[float, list]:
+    """Prep with 2-CPU tasks, which only `cpu` nodes can hold, 3 at once; ``watch(seen, stop)`` runs beside it."""
     from ray.autoscaler.sdk import request_resources
 
     from rayworks.config.jobs import load_job_data
     from rayworks.data.job import run
 
-    paths = prep_corpus.build(tmp_path / "corpus", size_mb=0.3)
-    out = tmp_path / "out"
-    # Serial: one 1-CPU task at a time. Spread: 2-CPU tasks, which only `cpu` nodes can hold, 3 at once.
-    run(load_job_data(prep_corpus.job_dict(paths, out, execution={"num_workers": 1}), "test", REPO))
-    serial = _tree(out)
-    shutil.rmtree(out)
     # Ray Data sizes its parallelism by the resources it sees, so nodes are asked for up front, through
     # the autoscaler (what a user does before a big job: `ray.autoscaler.sdk.request_resources`).
     request_resources(bundles=[{"CPU": GROUP_CPUS}] * GROUP_MAX)
+    seen: list = []
+    stop = threading.Event()
+    shutil.rmtree(out, ignore_errors=True)
     try:
-        ray_on_multinode.wait_for(lambda: len(ray_on_multinode.workers()) == GROUP_MAX)
-        before = _finished_task_nodes(ray_on_multinode)
+        mc.wait_for(lambda: len(mc.workers()) == GROUP_MAX)
+        t = threading.Thread(target=watch, args=(seen, stop), daemon=True) if watch else None
+        t0 = time.time()
+        if t:
+            t.start()
         run(load_job_data(prep_corpus.job_dict(paths, out, execution={
             "num_workers": GROUP_MAX, "num_cpus_per_worker": GROUP_CPUS}), "test", REPO))
+        return time.time() - t0, seen
     finally:
+        stop.set()
         request_resources(bundles=[])
+
+
+def test_prep_spread_over_nodes_is_byte_identical_to_a_serial_run(ray_on_multinode, serial_prep):
+    paths, serial, out = serial_prep
+    before = _finished_task_nodes(ray_on_multinode)
+    took, _ = _spread_prep(ray_on_multinode, paths, out)
+    _figure("prep spread over 3 nodes (s)", took)
     nodes = {n for t, n in _finished_task_nodes(ray_on_multinode).items() if t not in before}
     workers = {n["node_id"] for n in ray_on_multinode.workers(("active", "idle", "dead"))}
     assert len(nodes & workers) >= 2, (nodes, workers)
     assert _tree(out) == serial
+
+
+def _running_a_task(temp_dir: str, node_id: str) -> bool:
+    """Whether a worker process of this node is executing a Ray Data map task right now.
+
+    Read from /proc, not the state API (too slow for a job of a few seconds): Ray titles a worker
+    process `ray::<task name>` (Ray Data's: `ray::Map(_call)`) while it runs a task, `ray::IDLE` otherwise."""
+    from rayworks.cluster.multinode import node_pids
+
+    for pid in node_pids(temp_dir, node_id):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"ray::") and not title.startswith(b"ray::IDLE"):
+            return True
+    return False
+
+
+@pytest.mark.timeout(600)
+def test_node_killed_under_prep_the_job_finishes_byte_identical(ray_on_multinode, serial_prep):
+    from rayworks.cluster import multinode
+
+    mc = ray_on_multinode
+    paths, serial, out = serial_prep
+    temp_dir = mc.spec.local.temp_dir
+
+    def watch(seen, stop):
+        # Once the inputs are hashed (plan.json written) and a `cpu` node runs a task of a later
+        # stage, SIGKILL that node: cleaning, dedup, tokenizer and packing are still to come.
+        workers = sorted(n["node_id"] for n in mc.workers())
+        while not stop.is_set():
+            if any(out.parent.glob(f".{out.name}*/_work/plan.json")) or (out / "_work" / "plan.json").is_file():
+                busy = [n for n in workers if _running_a_task(temp_dir, n)]
+                if busy:
+                    seen.append({"node": busy[0], "t": time.time(),
+                                 "pids": multinode.kill_node(temp_dir, busy[0])})
+                    return
+            stop.wait(0.05)
+
+    took, seen = _spread_prep(mc, paths, out, watch)
+    t_done = time.time()
+    assert seen, "no `cpu` node was seen running a task of the job"
+    assert len(seen[0]["pids"]) >= 2, seen  # the raylet and at least the worker running the task
+    assert any(n["node_id"] == seen[0]["node"] and n["state"] == "dead" for n in mc.status()["nodes"])
+    _figure("prep with a node killed (s)", took)
+    _figure("prep node kill -> job finished (s)", t_done - seen[0]["t"])
+    assert _tree(out) == serial  # the same bytes as the undisturbed runs (serial and spread)
 
 
 @pytest.fixture(scope="module")

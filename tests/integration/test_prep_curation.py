@@ -37,7 +37,7 @@ def test_dry_run_inspection_file_and_curation_counts(ray_on_cluster, tmp_path):
         **E2E_CURATION, "quality": {**E2E_CURATION["quality"], "dry_run": True},
         "decontam": {**E2E_CURATION["decontam"], "path": str(ev), "text_fields": ["question", "answer"]},
         "tokenizer": {"vocab_size": 320, "sample_mb": 0.2}, "seq_len": 64, "val_fraction": 0.1, "unit_mb": 0.1,
-        "execution": {"num_workers": 2},
+        "execution": {"num_workers": 2}, "tracking": False,
     }, "test", REPO)
     m = run(job)
     c = m["counts"]

@@ -45,7 +45,8 @@ def _job_dict(corpus, out: Path, workers: int) -> dict:
                                                            "format": "jsonl"}],
             "output_uri": str(out), "clean": {"min_chars": 3, "max_chars": 20000},
             "near_dup": NEAR, "tokenizer": {"vocab_size": 320, "sample_mb": 0.1}, "seq_len": 64,
-            "val_fraction": 0.1, "unit_mb": 0.1, "execution": {"num_workers": workers}}
+            "val_fraction": 0.1, "unit_mb": 0.1, "execution": {"num_workers": workers},
+            "tracking": False}  # manifests are compared byte for byte: no MLflow run id in them
 
 
 def _job(d: dict):

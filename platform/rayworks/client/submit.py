@@ -106,14 +106,21 @@ def submit(job_path: str, cluster: str | None = None, address: str | None = None
 
 
 def submit_job(job: JobBase, spec: ClusterSpec, address: str | None = None, follow: bool = False,
-               wait: bool = True, timeout_s: float | None = None, quiet: bool = False) -> str:
-    """Submits an already-validated job (used by `submit` and the pipeline)."""
+               wait: bool = True, timeout_s: float | None = None, quiet: bool = False,
+               env_vars: dict[str, str] | None = None) -> str:
+    """Submits an already-validated job (used by `submit` and the pipeline).
+
+    ``env_vars``: non-secret additions to the job's runtime env that are not part of its config
+    (the pipeline's MLflow parent run, rayworks.tracking.pipeline).
+    """
     c = client(spec, address)
     wd = stage(job, spec)
     entry = entrypoint(job)
     sub_id = f"rayworks-{job.kind}-{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    rt = runtime_env(job, spec, wd)
+    rt["env_vars"].update(env_vars or {})
     try:
-        job_id = c.submit_job(entrypoint=entry, runtime_env=runtime_env(job, spec, wd), submission_id=sub_id,
+        job_id = c.submit_job(entrypoint=entry, runtime_env=rt, submission_id=sub_id,
                               metadata={"rayworks_kind": job.kind, "rayworks_name": job.name})
     finally:
         shutil.rmtree(wd, ignore_errors=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from rayworks.cluster import multinode
+from rayworks.cluster import multinode, redis
 from rayworks.cluster.auth import (DashboardDown, auth_env, bearer_header, ensure_token, forget_verified,
                                    verify_dashboard)
 from rayworks.config.cluster import ClusterSpec
@@ -127,8 +127,22 @@ def head_env(spec: ClusterSpec) -> dict[str, str]:
         env["RAY_GRAFANA_HOST"] = spec.metrics.grafana_url
     env.update(auth_env(spec))  # RAY_AUTH_MODE, the token path, and the loopback switch of a local node
     if multinode.is_multinode(spec):
-        env.update(multinode.head_env())
+        env.update(multinode.head_env(spec))
+    if redis.enabled(spec):  # the GCS keeps its state there; the password goes by file (supervisor.py)
+        env["RAY_REDIS_ADDRESS"] = redis.address(spec)
     return env
+
+
+def supervised_command(spec: ClusterSpec) -> list[str]:
+    """head.fault_tolerance: redis: the head supervisor, which runs `ray start --head` and restarts a dead GCS."""
+    start = [a for a in head_command(spec) if a != "--block"]  # --block would kill the head when the GCS dies
+    return [sys.executable, "-m", "rayworks.cluster.supervisor",
+            f"--password-file={redis.paths(STATE_DIR, spec)['password']}", f"--gcs-port={spec.local.gcs_port}",
+            f"--temp-dir={spec.local.temp_dir}", f"--status-file={supervisor_status_file(spec)}", "--", *start]
+
+
+def supervisor_status_file(spec: ClusterSpec) -> Path:
+    return STATE_DIR / f"{spec.name}.supervisor.json"
 
 
 def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
@@ -168,8 +182,13 @@ def _start(spec: ClusterSpec, timeout_s: float, quiet: bool) -> dict:
     log_path = STATE_DIR / f"{spec.name}.log"
     if multinode.is_multinode(spec):
         multinode.config_path(STATE_DIR, spec).write_text(json.dumps(multinode.autoscaling_config(spec), indent=2))
+    cmd = head_command(spec)
+    if redis.enabled(spec):
+        redis.start(STATE_DIR, spec)
+        supervisor_status_file(spec).unlink(missing_ok=True)
+        cmd = supervised_command(spec)
     log = open(log_path, "ab")
-    proc = subprocess.Popen(head_command(spec), env=head_env(spec), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, env=head_env(spec), stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     state = {"name": spec.name, "pid": proc.pid, "pgid": proc.pid, "dashboard_url": spec.dashboard_url,
              "gcs_address": f"127.0.0.1:{spec.local.gcs_port}", "temp_dir": spec.local.temp_dir,
@@ -284,7 +303,17 @@ def stop_session(sid: int, timeout_s: float) -> None:
 
 
 def down(spec: ClusterSpec, timeout_s: float = 30, quiet: bool = False) -> bool:
-    """Stops what `up` started (its session); returns False if nothing was running."""
+    """Stops what `up` started (its session, then its Redis); returns False if nothing was running."""
+    stopped = _down_head(spec, timeout_s, quiet)
+    # After the head (a GCS outlives no Redis it needs); whatever the spec says now: it may have changed since `up`.
+    if redis.stop(STATE_DIR, spec):
+        supervisor_status_file(spec).unlink(missing_ok=True)
+        if not quiet:
+            print(f"redis for {spec.name!r} stopped")
+    return stopped
+
+
+def _down_head(spec: ClusterSpec, timeout_s: float, quiet: bool) -> bool:
     st = read_state(spec)
     if not st:
         if not quiet:

@@ -77,13 +77,28 @@ def autoscaling_config(spec: ClusterSpec) -> dict:
     }
 
 
-def head_env() -> dict[str, str]:
-    """What the head's `ray start` needs for the fake provider under autoscaler v2."""
-    return {"RAY_FAKE_CLUSTER": "1", "RAY_enable_autoscaler_v2": "1",
-            "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_ID, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_ID,
-            "RAY_NODE_TYPE_NAME": FAKE_HEAD_TYPE,
-            # The autoscaler's reconcile period (default 5 s): new demand is seen within a second.
-            "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+def head_env(spec: ClusterSpec | None = None) -> dict[str, str]:
+    """What the head's `ray start` needs for the fake provider under autoscaler v2.
+
+    The worker nodes inherit it (the head's autoscaler starts them), so it also moves Serve's
+    HAProxy files (``/tmp/haproxy-serve/<node id>/...`` by default) to a folder of this cluster:
+    every local multi-node cluster's fake nodes have the same ids, and two clusters on one
+    machine would otherwise share, and overwrite, each other's HAProxy config and sockets.
+    Keyed by the GCS port (unique per running cluster) and short: unix socket paths stop at 107 bytes.
+    """
+    env = {"RAY_FAKE_CLUSTER": "1", "RAY_enable_autoscaler_v2": "1",
+           "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_ID, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_ID,
+           "RAY_NODE_TYPE_NAME": FAKE_HEAD_TYPE,
+           # The autoscaler's reconcile period (default 5 s): new demand is seen within a second.
+           "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    if spec is not None and spec.serve.ha_proxy:
+        d = f"/tmp/haproxy-serve-{spec.local.gcs_port}"
+        env.update({"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{d}/haproxy.cfg",
+                    "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{d}/admin.sock",
+                    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{d}/metrics.sock",
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{d}/server-state"})
+    return env
 
 
 def cluster_status(spec: ClusterSpec) -> dict:

@@ -89,8 +89,9 @@ class HeadNode(NodeType):
     fault_tolerance: Literal["none", "redis"] = Field(
         "none", description="redis: the GCS keeps cluster state in Redis, so a restarted head finds its nodes, "
                             "actors and Serve apps again (kubernetes: gcsFaultToleranceOptions; ray up: the head's "
-                            "RAY_REDIS_ADDRESS; not yet on a local head). The Redis password lives in a Secret / a "
-                            "file on the head, never in a render.")
+                            "RAY_REDIS_ADDRESS; local: a redis-server rayworks starts on local.redis_port, and a "
+                            "supervisor that restarts a dead GCS). The Redis password lives in a Secret / a file on "
+                            "the head, never in a render.")
     redis_address: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}:[0-9]{1,5}$",
                                       description="host:port of the Redis the GCS uses (fault_tolerance: redis).")
     redis_password_secret: str = Field("rayworks-redis-password", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
@@ -178,6 +179,10 @@ class ServeHTTP(StrictModel):
                           "app (serve job performance.direct_streaming): the same throughput as vLLM's server. "
                           "HAProxy's read-only stats page and exporter then listen on all interfaces (ports below).")
     haproxy_stats_port: int = Field(8404, ge=1, le=65535, description="HAProxy's stats page port (ha_proxy only).")
+    fallback_proxy_port: int = Field(
+        8500, ge=1, le=65535,
+        description="Port of the fallback proxy Serve runs on the head beside HAProxy (ha_proxy only, bound to "
+                    "serve.host; RAY_SERVE_FALLBACK_PROXY_HTTP_PORT). Give each cluster on one machine its own.")
     haproxy_metrics_port: int = Field(9101, ge=1, le=65535, description="HAProxy's Prometheus exporter port "
                                                                           "(ha_proxy only).")
     replica_drain_s: float = Field(
@@ -198,6 +203,7 @@ class ServeHTTP(StrictModel):
             return {}
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
                 "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_proxy_port),
                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{self.replica_drain_s:g}"}
 
 
@@ -211,6 +217,8 @@ class LocalOptions(StrictModel):
                           description="Ray's session/log directory for this cluster (no control characters).")
     object_store_memory_gb: float = Field(2.0, gt=0, description="Object store size in GiB (the head's, and each "
                                                                   "local worker node's).")
+    redis_port: int = Field(6380, ge=1, le=65535, description="Port of the redis-server rayworks runs on 127.0.0.1 "
+                                                               "for head.fault_tolerance: redis (password generated).")
 
 
 class Autoscaler(StrictModel):
@@ -263,14 +271,30 @@ class ClusterSpec(StrictModel):
                              "absolute path on a shared mount")
         check_tracking(self.tracking, self.provider.type, self.runtime_env.secret_env_vars)
         if self.head.fault_tolerance == "redis" and self.provider.type == "local":
-            raise ValueError("head.fault_tolerance=redis is rendered for kubernetes (gcsFaultToleranceOptions) and "
-                             "ray up (RAY_REDIS_ADDRESS); a local head does not run it yet: set fault_tolerance: none")
+            self._check_local_redis()
         if self.head.fault_tolerance == "redis" and self.provider.type != "local" and not self.head.redis_address:
             raise ValueError(f"head.fault_tolerance=redis on provider.type={self.provider.type} needs head.redis_address "
                              "(host:port of a Redis every head restart reaches)")
         if self.auth.mode == "disabled":
             self._check_auth_disabled()
         return self
+
+    def _check_local_redis(self) -> None:
+        """A local head's Redis is one rayworks starts (rayworks.cluster.redis): its own port, on loopback."""
+        if self.head.redis_address:
+            raise ValueError(f"head.redis_address={self.head.redis_address!r} on provider.type=local: rayworks starts "
+                             "its own redis-server on 127.0.0.1:local.redis_port; remove head.redis_address")
+        taken = {"local.gcs_port": self.local.gcs_port, "local.ray_client_port": self.local.ray_client_port,
+                 "local.dashboard_agent_listen_port": self.local.dashboard_agent_listen_port,
+                 "dashboard.port": self.dashboard.port, "metrics.export_port": self.metrics.export_port,
+                 "serve.port": self.serve.port}
+        if self.serve.ha_proxy:
+            taken.update({"serve.haproxy_stats_port": self.serve.haproxy_stats_port,
+                          "serve.haproxy_metrics_port": self.serve.haproxy_metrics_port,
+                          "serve.fallback_proxy_port": self.serve.fallback_proxy_port})
+        clash = [k for k, v in taken.items() if v == self.local.redis_port]
+        if clash:
+            raise ValueError(f"local.redis_port={self.local.redis_port} is also {clash[0]}; give Redis a port of its own")
 
     def _check_auth_disabled(self) -> None:
         """auth.mode=disabled only where nothing but this machine can reach any listener.

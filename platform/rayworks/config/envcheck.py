@@ -38,6 +38,7 @@ OWNED = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "provider.type (a local head always binds to loopback)",
     "RAY_SERVE_ENABLE_HA_PROXY": "serve.ha_proxy", "RAY_SERVE_HAPROXY_STATS_PORT": "serve.haproxy_stats_port",
     "RAY_SERVE_HAPROXY_METRICS_PORT": "serve.haproxy_metrics_port",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": "serve.fallback_proxy_port",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "serve.replica_drain_s",
     "RAY_PROMETHEUS_HOST": "metrics.prometheus_url", "RAY_GRAFANA_HOST": "metrics.grafana_url",
 }

@@ -122,6 +122,10 @@ class EvalJob(JobBase):
     harness: HarnessSpec | None = Field(None, description="lm-evaluation-harness task suites.")
     gate: GateRules = Field(default_factory=GateRules, description="Promotion rules (checked on the results).")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where the perplexity actors and the hf backend run.")
+    tracking: bool = Field(True, description="Log the scores to the MLflow run of the training run that made the "
+                                             "model (metrics under eval/ at the export's step, results.json as an "
+                                             "artifact), when the cluster spec has tracking; a server that is down "
+                                             "never fails the job.")
     output: EvalOutput = Field(default_factory=EvalOutput, description="The results.")
 
     path_fields = ("model", "compare_to", "perplexity.prep_uri", "perplexity.jsonl[]", "harness.include_path",

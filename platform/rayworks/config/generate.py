@@ -99,6 +99,9 @@ class GenerateJob(JobBase):
     system_prompt: str | None = Field(None, description="System message placed before each prompt (chat_template only).")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="Sampling parameters for every prompt.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine replicas.")
+    tracking: bool = Field(True, description="Log this run to MLflow (the cluster spec's `tracking`): the config, "
+                                             "prompts, completions, tokens, throughput and the manifest. false/off: "
+                                             "no MLflow run.")
 
     path_fields = ("model", "input.path", "output.uri")
 

@@ -4,6 +4,9 @@ Each stage is a path to that kind's own job YAML (relative to this file) or the 
 inlined as a mapping. The pipeline links the stages: train's ``data.prep_uri`` is
 set to the prep output and every served model's ``source`` to the training export
 (whatever the stage files say), so lineage always holds. ``--set train.run.num_steps=30`` reaches into any stage.
+Optional ``embed`` and ``index`` stages (after train) build a vector index: the
+index reads the embed output, the serve stage gets it attached (``retrieval.index``), and an
+embed stage that names no ``model`` embeds with the training export.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayworks.config.base import StrictModel, read_yaml, set_override
 from rayworks.config.jobs import Bundle, JobBase, load_job_data, resolve_path
@@ -21,7 +24,10 @@ from rayworks.errors import ConfigError
 if TYPE_CHECKING:
     from rayworks.config.cluster import ClusterSpec
 
-STAGES = ("prep", "train", "eval", "serve")
+# embed and index before eval: the eval stage reads the serve stage's config (the model now
+# serving), which needs its retrieval.index link filled in.
+STAGES = ("prep", "train", "embed", "index", "eval", "serve")
+OPTIONAL_STAGES = ("eval", "embed", "index")  # skipped when the pipeline has none
 BASE_KEY = "_base"  # where an inlined stage's relative paths resolve from
 
 
@@ -52,9 +58,15 @@ class PipelineJob(JobBase):
     eval: str | dict[str, Any] | None = Field(
         None, description="Optional eval job (YAML path or mapping) between train and serve: its gate rules decide "
                           "whether the new export may replace the model now serving (a failing model is not deployed).")
+    embed: str | dict[str, Any] | None = Field(
+        None, description="Optional embed job (YAML path or mapping): chunks and embeds documents; with no 'model' "
+                          "it embeds with the training export.")
+    index: str | dict[str, Any] | None = Field(
+        None, description="Optional index job (YAML path or mapping) over the embed stage's output (needs an embed "
+                          "stage); the serve stage gets it attached as retrieval.index.")
     serve: str | dict[str, Any] | None = Field(None, description="The serve job (YAML path or mapping); none: stop after training.")
     smoke_test: SmokeTest = Field(default_factory=SmokeTest, description="The final completion.")
-    force: list[Literal["prep", "train", "eval", "serve"]] = Field(
+    force: list[Literal["prep", "train", "eval", "embed", "index", "serve"]] = Field(
         default_factory=list, description="Stages to rerun even when their outputs are up to date.")
     job_timeout_s: float = Field(3600, gt=0, description="Longest a single stage may run.")
 
@@ -62,6 +74,12 @@ class PipelineJob(JobBase):
 
     def resource_request(self) -> list[Bundle]:
         return [Bundle(num_cpus=1, what="pipeline driver")]
+
+    @model_validator(mode="after")
+    def _index_needs_embed(self) -> "PipelineJob":
+        if self.index is not None and self.embed is None:
+            raise ValueError("an index stage needs an embed stage (the index is built from its embeddings)")
+        return self
 
     def resolve_paths(self, base: Path) -> None:
         super().resolve_paths(base)
@@ -113,6 +131,7 @@ class PipelineJob(JobBase):
             for m in models:
                 if isinstance(m, dict):
                     m["source"] = links["export_dir"]
+        link_retrieval(stage, data, links, source)
         return load_job_data(data, source, base, expect_kind=stage)
 
     def stage_jobs(self, spec: "ClusterSpec") -> dict[str, JobBase]:
@@ -134,12 +153,31 @@ class PipelineJob(JobBase):
         return list(self.stage_jobs(spec).values())
 
 
+def link_retrieval(stage: str, data: dict, links: dict[str, str], source: str) -> None:
+    """The embed/index/serve links of a stage's raw mapping: embed <- export (when it names no model),
+    index <- embed output, serve's retrieval.index <- index output."""
+    if stage == "embed" and "export_dir" in links and not data.get("model"):
+        data["model"] = links["export_dir"]
+    if stage == "index" and "embed_output" in links:
+        data["embeddings"] = links["embed_output"]
+    if stage == "serve" and "index_output" in links:
+        section = data.get("retrieval")
+        if section is None:
+            section = data["retrieval"] = {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: retrieval: expected a mapping (got {type(section).__name__})")
+        section["index"] = links["index_output"]
+
+
 def stage_links(stage: str, job: JobBase, spec: "ClusterSpec") -> dict[str, str]:
-    """What the stages after this one read from it: prep's output folder, train's export folder."""
+    """What the stages after this one read from it: prep's output folder, train's export folder,
+    embed's and index's output folders."""
     if stage == "prep":
         return {"prep_output": job.artifact_uri(spec)}
     if stage == "train":
         return {"export_dir": f"{job.artifact_uri(spec)}/export"}
+    if stage in ("embed", "index"):
+        return {f"{stage}_output": job.artifact_uri(spec)}
     return {}
 
 

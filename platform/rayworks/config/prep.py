@@ -117,6 +117,9 @@ class PrepJob(JobBase):
         "fail", description="A corrupt input file fails the job (naming it), or is skipped and listed in the manifest.")
     keep_work: bool = Field(False, description="Keep the _work/ intermediates after success (for debugging).")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Parallelism; does not change outputs.")
+    tracking: bool = Field(True, description="Log this build to MLflow (the cluster spec's `tracking`): the config, "
+                                             "counts by drop reason, throughput and the manifest. false/off: no "
+                                             "MLflow run. Does not change outputs.")
 
     path_fields: ClassVar[tuple[str, ...]] = ("inputs[].path", "output_uri", "tokenizer.path", "decontam.path",
                                               "quality.inspection_path")

@@ -4,7 +4,8 @@ Each stage runs over work units and leaves one completion marker per unit under
 ``{output}/_work/`` (written atomically, after the unit's data), so a rerun of the
 same config over the same inputs redoes only the units without a marker. The
 manifest is written last; once it exists the output is complete and a rerun returns
-at once. Run it with ``python jobs/prep.py --config jobs/configs/prep.yaml`` or
+at once. A build is one MLflow run (rayworks.tracking.jobrun: config, counts by drop
+reason, throughput, the manifest; its id in the manifest's ``tracking``). Run it with ``python jobs/prep.py --config jobs/configs/prep.yaml`` or
 ``rayworks submit jobs/configs/prep.yaml``.
 """
 
@@ -22,6 +23,7 @@ from rayworks.data.execute import Progress, count_drops, count_tokens, run_units
 from rayworks.data.inputs import expand_inputs, plan_units
 from rayworks.data.manifest import MANIFEST
 from rayworks.errors import ConfigError, RayworksError
+from rayworks.tracking import jobrun
 
 
 class BadInputError(RayworksError):
@@ -29,9 +31,10 @@ class BadInputError(RayworksError):
 
 
 def manifest_config(job: PrepJob) -> dict:
-    """The resolved config as recorded in the manifest: everything but ``execution``."""
+    """The resolved config as recorded in the manifest: everything but ``execution`` and ``tracking``."""
     cfg = job.model_dump(mode="json")
     cfg.pop("execution")
+    cfg.pop("tracking")  # logging the run to MLflow or not changes no byte of the output
     return cfg
 
 
@@ -105,22 +108,38 @@ def run(job: PrepJob) -> dict:
     artifacts.mark(target, "prep")
     storage.write_json(storage.join(work, "plan.json"), plan)
 
-    stats = _clean_stage(job, files, units, work, workers, cpus)
-    _inspection_file(job, units, work, target)
-    bucket_paths = _dedup_stage(job, units, work, workers, cpus)
-    near_paths = _near_dup_stage(job, units, work, bucket_paths, workers, cpus)
-    tok_entry, tok_json = _tokenizer_stage(job, units, work, target, stats, workers, cpus)
-    packed = _pack_stage(job, units, work, target, bucket_paths, tok_entry, tok_json, workers, cpus, near_paths)
-    manifest = _finalize(job, cfg, chash, inputs, stats, packed, tok_entry, units, work, target)
+    # The MLflow run of this build (a complete output made earlier keeps the run named in its manifest).
+    tracker = jobrun.start(job.cluster_spec(), job, "prep", out)
+    try:
+        stats = _clean_stage(job, files, units, work, workers, cpus)
+        _inspection_file(job, units, work, target)
+        bucket_paths = _dedup_stage(job, units, work, workers, cpus)
+        near_paths = _near_dup_stage(job, units, work, bucket_paths, workers, cpus)
+        tok_entry, tok_json = _tokenizer_stage(job, units, work, target, stats, workers, cpus)
+        packed = _pack_stage(job, units, work, target, bucket_paths, tok_entry, tok_json, workers, cpus, near_paths)
+        manifest = _finalize(job, cfg, chash, inputs, stats, packed, tok_entry, units, work, target)
+        manifest["tracking"] = jobrun.results(tracker, run_metrics(manifest, time.time() - t_start))
+        storage.write_json(storage.join(target, MANIFEST), manifest)  # last: the output is complete
+    except BaseException:
+        jobrun.close(tracker, None, ok=False)
+        raise
     if not job.keep_work:
         storage.delete_dir(work)
     if target != out:
         # The new output is complete: only now does it replace the old one (atomically on local disks).
         storage.publish_dir(target, out)
+    jobrun.close(tracker, storage.join(out, MANIFEST))
     print(f"[prep] done in {time.time() - t_start:,.1f}s: {manifest['counts']['documents_kept']:,} documents, "
           f"{manifest['counts']['tokens']:,} tokens, {manifest['counts']['sequences']:,} sequences of {job.seq_len}")
     _print_where(out, manifest)
     return manifest
+
+
+def run_metrics(manifest: dict, seconds: float) -> dict:
+    """What prep logs to its MLflow run: the manifest's counts (drops by reason included) and this run's throughput."""
+    c = manifest["counts"]
+    return {**c, "seconds": seconds,
+            **jobrun.rates(seconds, documents=c["documents_read"], tokens=c["tokens"], mb=c["bytes_read"] / 1e6)}
 
 
 def _print_where(out: str, m: dict) -> None:
@@ -391,7 +410,7 @@ def _pack_and_mark(unit, docs_path, counts_path, marker, **kw) -> dict:
 
 
 def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> dict:
-    """Packs the units' tails into the last shard, then writes the manifest (last)."""
+    """Packs the units' tails into the last shard; returns the manifest (the caller writes it, last)."""
     from rayworks.data.pack import SPLITS, entropy_nats, write_shard
 
     seq_len = job.seq_len
@@ -453,5 +472,4 @@ def _finalize(job, cfg, chash, inputs, stats, packed, tok, units, work, out) -> 
         skipped_files=[{"path": p, "error": e} for p, e in sorted(skipped.items())],
         **({"near_dup": {**near_dup, "parameters": job.near_dup.model_dump()}} if near_dup else {}),
     )
-    storage.write_json(storage.join(out, MANIFEST), manifest)
     return manifest

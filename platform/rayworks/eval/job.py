@@ -6,7 +6,9 @@ Output layout under ``{storage}/eval/{name}`` (or ``output.uri``)::
                      lm-eval's per-task results, the gate verdict, wall times and throughput
     resolved.yaml    the config that ran
     manifest.json    kind: eval; inputs: model (export manifest sha256), compare_to, prep
-                     (manifest sha256), each JSONL file, every task file (sha256); versions
+                     (manifest sha256), each JSONL file, every task file (sha256); versions;
+                     tracking: the training run the scores were logged to (rayworks.eval.training_run)
+                     or why not
 
 The job itself never fails on a gate verdict: it records it, and the pipeline's ``eval`` stage
 or ``rayworks serve update --gate`` acts on it (rayworks.eval.gate).
@@ -22,6 +24,7 @@ from rayworks.config.base import config_hash
 from rayworks.config.eval import EvalJob
 from rayworks.eval import gate
 from rayworks.eval.preflight import check_paths
+from rayworks.eval.training_run import log_to_training_run
 
 RESULTS = "results.json"
 
@@ -85,15 +88,23 @@ def export_metrics(job: EvalJob, results: dict) -> None:
     passed.set(1.0 if results["gate"]["passed"] else 0.0, tags=m.tags("eval", job.name))
 
 
-def write_outputs(job: EvalJob, out: str, results: dict, model_ref: dict, base_ref: dict | None) -> str:
-    """results.json, resolved.yaml, then the manifest (last)."""
+def write_results(job: EvalJob, out: str, results: dict) -> str:
+    """results.json and resolved.yaml (the manifest comes last, once the results are logged)."""
     import yaml
 
-    from rayworks.eval.harness import task_files
-
-    storage.write_json(storage.join(out, RESULTS), results)
+    path = storage.join(out, RESULTS)
+    storage.write_json(path, results)
     cfg = job.model_dump(mode="json")
     storage.write_bytes(storage.join(out, "resolved.yaml"), yaml.safe_dump(cfg, sort_keys=False).encode())
+    return path
+
+
+def write_manifest(job: EvalJob, out: str, results: dict, model_ref: dict, base_ref: dict | None,
+                   tracking: dict) -> str:
+    """The manifest (last): inputs, outputs, versions, the gate, and where the scores were logged."""
+    from rayworks.eval.harness import task_files
+
+    cfg = job.model_dump(mode="json")
     inputs = [model_ref] + ([base_ref] if base_ref else [])
     if job.perplexity and job.perplexity.prep_uri:
         inputs.append(artifacts.input_ref("prep", job.perplexity.prep_uri))
@@ -111,7 +122,7 @@ def write_outputs(job: EvalJob, out: str, results: dict, model_ref: dict, base_r
         except Exception:  # noqa: BLE001 - a backend not installed is simply not recorded
             pass
     manifest = artifacts.build("eval", job.name, config_hash(cfg), inputs, artifacts.describe_files(out), versions,
-                               config=cfg, gate=results["gate"], summary=_summary(results),
+                               config=cfg, gate=results["gate"], summary=_summary(results), tracking=tracking,
                                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path = storage.join(out, artifacts.MANIFEST)
     storage.write_json(path, manifest)
@@ -161,7 +172,13 @@ def run(job: EvalJob) -> dict:
     results["wall_s"] = round(time.time() - t0, 3)
     if verdict.checks:
         log("gate: " + ("passed" if verdict.passed else "FAILED") + "\n" + verdict.table())
-    manifest = write_outputs(job, out, results, model_ref, base_ref)
+    results_uri = write_results(job, out, results)
+    try:
+        tracking = log_to_training_run(job, results, results_uri)
+    except Exception as exc:  # noqa: BLE001 - tracking never fails an eval job; the manifest says what happened
+        log(f"warning: scores not logged to the training run ({type(exc).__name__}: {exc})")
+        tracking = {"enabled": True, "run_id": None, "last_error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    manifest = write_manifest(job, out, results, model_ref, base_ref, tracking)
     try:
         export_metrics(job, results)
     except Exception as exc:  # noqa: BLE001 - metrics are best effort; the results are on storage

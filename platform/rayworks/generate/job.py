@@ -23,6 +23,7 @@ from rayworks.config.generate import GenerateJob
 from rayworks.generate import chunks
 from rayworks.generate.preflight import check_paths
 from rayworks.generate.prompts import Prompts, load_prompts, load_tokenizer
+from rayworks.tracking import jobrun
 
 
 def log(msg: str) -> None:
@@ -149,10 +150,11 @@ def generate(job: GenerateJob, out: str, pending: dict[int, list[dict]], run_id:
 
 
 def write_manifest(job: GenerateJob, out: str, final_out: str, p: Prompts, output_path: str, summary: dict,
-                   model_input: dict) -> str:
+                   model_input: dict, tracking: dict | None = None) -> str:
     """Writes the manifest (last) into ``out``; paths in it name where the output ends up.
 
-    ``model_input`` is the model's ``artifacts.input_ref``, hashed once per run (also the resume key).
+    ``model_input`` is the model's ``artifacts.input_ref``, hashed once per run (also the resume key);
+    ``tracking`` the MLflow run's section (rayworks.tracking.jobrun.results).
     """
     cfg = job.model_dump(mode="json")
     rel = output_path[len(out.rstrip("/")) + 1:]
@@ -162,7 +164,7 @@ def write_manifest(job: GenerateJob, out: str, final_out: str, p: Prompts, outpu
         artifacts.describe_files(out), artifacts.versions("generate"),
         config=cfg, output=storage.join(final_out, rel),
         errors=storage.join(final_out, errors_path(job, out)[len(out.rstrip("/")) + 1:]),
-        chunks=chunks.chunk_dir(final_out), summary=summary,
+        chunks=chunks.chunk_dir(final_out), summary=summary, tracking=tracking or {"enabled": False},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     storage.write_json(storage.join(out, artifacts.MANIFEST), manifest)
@@ -198,6 +200,25 @@ def run(job: GenerateJob) -> dict:
     artifacts.mark(out, "generate")
     model_input = artifacts.input_ref("model", job.model)  # hashed once: resume key and manifest input
     chunks.check_plan(job, out, p.sha256, artifacts.ref_identity(model_input))
+    # One MLflow run per attempt, as each attempt has its own run_id (stamped on the rows it generated).
+    tracker = jobrun.start(job.cluster_spec(), job, "generate", final_out, {"rayworks.generate_run_id": run_id})
+    try:
+        summary, output_path, manifest = _run(job, out, final_out, p, model_input, run_id, tracker)
+    except BaseException:
+        jobrun.close(tracker, None, ok=False)
+        raise
+    jobrun.close(tracker, manifest)
+    return summary
+
+
+def run_metrics(summary: dict, num_completions: int) -> dict:
+    """What generate logs to its MLflow run: prompts, completions, errors by type, tokens and throughput."""
+    return {k: v for k, v in summary.items() if k != "run_id"} | {"num_completions": num_completions}
+
+
+def _run(job: GenerateJob, out: str, final_out: str, p: Prompts, model_input: dict, run_id: str,
+         tracker) -> tuple[dict, str, str]:
+    """Generates what is pending, assembles the output and writes the manifest: (summary, output, manifest)."""
     write_errors(job, out, p)
     done = chunks.committed(out)
     pending: dict[int, list[dict]] = defaultdict(list)
@@ -218,7 +239,8 @@ def run(job: GenerateJob) -> dict:
                "num_resumed": len(p.good) - n_pending, **stats,
                "total_output_tokens": int(sum(table.column("num_output_tokens").to_pylist()))}
     storage.write_json(storage.join(out, "runs", f"{run_id}.json"), summary)
-    manifest = write_manifest(job, out, final_out, p, output_path, summary, model_input)
+    tracking = jobrun.results(tracker, run_metrics(summary, table.num_rows))
+    manifest = write_manifest(job, out, final_out, p, output_path, summary, model_input, tracking)
     if out != final_out:
         storage.publish_dir(out, final_out)
         output_path = storage.join(final_out, output_path[len(out.rstrip("/")) + 1:])
@@ -231,4 +253,4 @@ def run(job: GenerateJob) -> dict:
             f"{stats['engine_start_s']:.0f} s)")
     log(f"manifest: {manifest}")
     print("RAYWORKS_GENERATE_SUMMARY " + json.dumps(summary), flush=True)
-    return summary
+    return summary, output_path, manifest

@@ -118,7 +118,7 @@ def run(job: ServeJob) -> dict:
 
     host = job.http.host or spec.serve.host
     port = job.http.port or spec.serve.port
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(proxy_location=render.proxy_location(spec), http_options={"host": host, "port": port})
     existing = job.serve_app_name in serve.status().applications
     print(f"{'updating' if existing else 'deploying'} app {job.serve_app_name!r} "
           f"({'direct streaming from vLLM' if direct else 'Ray Serve LLM ingress'}): "

@@ -97,6 +97,16 @@ def app_args(job: ServeJob, direct_streaming: bool) -> dict[str, Any]:
     }
 
 
+def proxy_location(spec) -> str:
+    """Where Serve runs its proxies: on every node, but only on the head of a local multi-node cluster.
+
+    There every node is on this one machine, so each node's proxy (HAProxy with its stats page and
+    exporter) would bind the same ports and crash-loop; the head's proxy is the one front door and
+    reaches the replicas on every node.
+    """
+    return "HeadOnly" if spec.provider.type == "local" and spec.worker_groups else "EveryNode"
+
+
 def serve_app_config(job: ServeJob, spec=None, direct_streaming: bool | None = None) -> dict[str, Any]:
     """The Serve config (``serve deploy`` file, KubeRay ``serveConfigV2``) of a serve job.
 
@@ -119,7 +129,7 @@ def serve_app_config(job: ServeJob, spec=None, direct_streaming: bool | None = N
         # Read where the app is built (Serve's build task runs in this runtime env) and in the replicas.
         env["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": proxy_location(spec),
         "http_options": {"host": host, "port": port},
         "applications": [{
             "name": job.serve_app_name,

@@ -134,15 +134,17 @@ class Retriever:
     def _embed(self, texts: list[str]):
         return [o.outputs.embedding for o in self.llm.embed(texts, use_tqdm=False)]
 
-    async def search(self, queries: list[str], k: int) -> list[list[dict]]:
+    async def search(self, queries: list[str], k: int) -> dict:
+        """``{"index": info, "hits": [top-k hits per query]}``: the answer names the index that made it, so
+        a client (and the rollout test) sees which index served it while a new one rolls out."""
         async with self.lock:  # one engine, one batch at a time; the batch holds every query of a request
             vecs = await asyncio.to_thread(self._embed, queries)
-        return self.loaded.search(vecs, k)
+        return {"index": self.info(), "hits": self.loaded.search(vecs, k)}
 
-    async def info(self) -> dict:
+    def info(self) -> dict:
         m = self.loaded.manifest
-        return {"index": m.get("name"), "num_vectors": m.get("num_vectors"), "type": m.get(M_INDEX_TYPE),
-                "manifest_sha256": self.loaded.manifest_sha256}
+        return {"name": m.get("name"), "type": m.get(M_INDEX_TYPE), "num_vectors": m.get("num_vectors"),
+                "fingerprint": m.get("fingerprint"), "manifest_sha256": self.loaded.manifest_sha256}
 
     def check_health(self) -> None:
         pass
@@ -267,7 +269,7 @@ class RetrievalMiddleware:
             self._handle = self._handle()
         return self._handle
 
-    async def _search(self, queries: list[str], k: int, what: str) -> list[list[dict]]:
+    async def _search(self, queries: list[str], k: int, what: str) -> dict:
         import time
 
         t0 = time.perf_counter()
@@ -308,21 +310,19 @@ class RetrievalMiddleware:
         try:
             if isinstance(data, dict):
                 k = rag_settings(data, self.max_k, self.top_k)
-                if k is not None and data.get("stream"):
-                    raise RequestError(400, "'rag' with 'stream': true is not supported; send stream: false", "rag")
         except RequestError as err:
             return await self._send_json(send, err.status, err.body())
         if k is None:
             return await self.app(scope, replay_body(body or b"", receive), send)
         try:
-            hits = (await self._search([rag_query(endpoint, data)], k, "rag"))[0]
+            hits = (await self._search([rag_query(endpoint, data)], k, "rag"))["hits"][0]
         except RequestError as err:
             return await self._send_json(send, err.status, err.body())
         new = json.dumps(augment(endpoint, data, hits, self.max_context_chars)).encode()
         headers = [(n, v) for n, v in scope.get("headers", []) if n.lower() != b"content-length"]
         headers.append((b"content-length", str(len(new)).encode()))
         return await self.app({**scope, "headers": headers}, replay_body(new, receive),
-                              _with_sources(send, sources(hits)))
+                              with_sources(send, sources(hits)))
 
     async def _retrieve(self, receive, send):
         body = await _read_body(receive)
@@ -336,9 +336,9 @@ class RetrievalMiddleware:
             queries, k = parse_retrieve(data, self.max_k, self.top_k)
         except RequestError as err:
             return await self._send_json(send, err.status, err.body())
-        results = await self._search(queries, k, "retrieve")
-        await self._send_json(send, 200, {"object": "list", "k": k,
-                                          "data": [{"query": q, "hits": h} for q, h in zip(queries, results)]})
+        res = await self._search(queries, k, "retrieve")
+        await self._send_json(send, 200, {"object": "list", "k": k, "index": res["index"],
+                                          "data": [{"query": q, "hits": h} for q, h in zip(queries, res["hits"])]})
 
 
 def _observe(what: str, num_queries: int, seconds: float) -> None:
@@ -371,21 +371,56 @@ async def _read_body(receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _with_sources(send, srcs: list[dict]):
-    """A send that adds ``sources`` to a successful JSON response (others pass unchanged)."""
-    def add(status: int, body: bytes) -> bytes:
-        if status != 200:
-            return body
-        try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return body
-        if not isinstance(obj, dict):
-            return body
-        obj["sources"] = srcs
-        return json.dumps(obj).encode()
+def _add_sources(body: bytes, srcs: list[dict]) -> bytes | None:
+    """``body`` (one JSON object) with ``sources`` added; None when it is not a JSON object."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    obj["sources"] = srcs
+    return json.dumps(obj).encode()
 
-    return rewriting_send(send, add)
+
+def with_sources(send, srcs: list[dict]):
+    """A send that adds ``sources`` to a successful response; errors pass unchanged.
+
+    A JSON response gets a top-level ``sources`` field. A stream (``text/event-stream``, the
+    answer to ``stream: true``) gets it on its first event: the first chunk then carries the
+    sources beside its usual fields (OpenAI clients keep unknown fields: ``chunk.sources`` in
+    the Python client), before any text. An extra event of its own would be a chunk without
+    ``choices``, which clients that read ``chunk.choices[0]`` on every chunk trip over.
+    """
+    json_send = rewriting_send(send, lambda status, body: body if status != 200 else
+                               (_add_sources(body, srcs) or body))
+    mode: str | None = None  # "sse" | "json" | "pass", decided by the response's start
+    buf = b""
+
+    async def wrapped(msg):
+        nonlocal mode, buf
+        if msg["type"] == "http.response.start":
+            ctype = dict(msg.get("headers") or []).get(b"content-type", b"")
+            mode = "pass" if msg["status"] != 200 else "sse" if ctype.startswith(b"text/event-stream") else "json"
+            if mode != "json":
+                return await send(msg)
+        if mode == "json":
+            return await json_send(msg)
+        if mode != "sse" or msg["type"] != "http.response.body":
+            return await send(msg)
+        buf += msg.get("body", b"")
+        head, sep, rest = buf.partition(b"\n\n")
+        if not sep and msg.get("more_body"):
+            return None  # the first event is not complete yet
+        mode = "pass"
+        if sep and head.startswith(b"data: "):
+            new = _add_sources(head[len(b"data: "):], srcs)
+            if new is not None:
+                head = b"data: " + new
+        body, buf = head + sep + rest, b""
+        return await send({**msg, "body": body})
+
+    return wrapped
 
 
 def check_index(uri: str) -> None:

@@ -6,6 +6,9 @@
   opened or continued by run id, with every log step-ordered and at most once;
 - :mod:`rayworks.tracking.registry`: exports as registered model versions, ``models:/``
   sources, the ``serving`` alias.
+- :mod:`rayworks.tracking.jobrun`: the run of a job that logs its results once (prep, generate);
+- :mod:`rayworks.tracking.pipeline`: a pipeline run as a parent run whose stage jobs' own runs
+  are its nested runs.
 
 Imports config, storage, artifacts, errors and secrets only; mlflow is imported inside
 functions, so the CLI and the configs work without it.

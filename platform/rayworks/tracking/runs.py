@@ -25,6 +25,10 @@ from typing import Any
 from rayworks import storage
 
 GAP_FILE = "tracking_gap.json"   # under a training run's output: what could not be logged
+# Set by `rayworks run` in a stage job's runtime env: the job's own run is then that pipeline
+# run's nested stage run (rayworks.tracking.pipeline), not a separate top-level run.
+PARENT_ENV, STAGE_ENV = "RAYWORKS_MLFLOW_PARENT_RUN_ID", "RAYWORKS_PIPELINE_STAGE"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests runs by it
 RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -63,6 +67,7 @@ class NullTracker:
 
     run_id: str | None = None
     uri: str | None = None
+    parent_run_id: str | None = None
 
     def log_params(self, params: dict[str, Any]) -> bool:
         return False
@@ -165,8 +170,11 @@ class Tracker(NullTracker):
 
     def gap(self) -> dict[str, Any]:
         """What a manifest records: the run, and what could not be logged."""
-        return {"enabled": True, "uri": self.uri, "run_id": self.run_id, "skipped_logs": self.skipped,
-                "failed_calls": self.failed, "gap_steps": self.gap_steps, "last_error": self.last_error}
+        section = {"enabled": True, "uri": self.uri, "run_id": self.run_id, "skipped_logs": self.skipped,
+                   "failed_calls": self.failed, "gap_steps": self.gap_steps, "last_error": self.last_error}
+        if self.parent_run_id:  # a pipeline's stage: this run is nested under the pipeline's run
+            section["parent_run_id"] = self.parent_run_id
+        return section
 
     # ------------------------------------------------------------------ logging
     def _fetch_last_step(self, keys) -> None:
@@ -253,6 +261,8 @@ def open_run(uri: str, experiment: str, run_name: str, run_id: str | None = None
             try:
                 client.get_run(run_id)
                 client.update_run(run_id, status="RUNNING")
+                for k, v in (tags or {}).items():  # e.g. a resumed stage moves under the pipeline run resuming it
+                    client.set_tag(run_id, k, str(v))
                 return run_id, None
             except Exception as exc:  # noqa: BLE001 - the run is gone (another server, deleted): a new one
                 if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
@@ -265,6 +275,14 @@ def open_run(uri: str, experiment: str, run_name: str, run_id: str | None = None
         return None, _err(exc)
 
 
+def pipeline_tags() -> dict[str, str]:
+    """The nesting tags of a job that `rayworks run` submitted as a stage (from its env), else {}."""
+    parent = os.environ.get(PARENT_ENV, "").strip()
+    if not parent:
+        return {}
+    return {PARENT_TAG: parent, "rayworks.stage": os.environ.get(STAGE_ENV, "").strip()}
+
+
 def for_job(spec, run_name: str, enabled: bool = True, run_id: str | None = None, tags: dict | None = None,
             who: str = "job", gap_uri: str | None = None) -> NullTracker:
     """The tracker of one job on ``spec``: a :class:`Tracker` on its run, or a :class:`NullTracker`."""
@@ -274,9 +292,11 @@ def for_job(spec, run_name: str, enabled: bool = True, run_id: str | None = None
     if not enabled or uri is None:
         return NullTracker()
     t = spec.tracking
-    rid, err = open_run(uri, experiment_name(spec), run_name, run_id, tags, t.request_timeout_s)
+    nest = pipeline_tags()
+    rid, err = open_run(uri, experiment_name(spec), run_name, run_id, {**(tags or {}), **nest}, t.request_timeout_s)
     tracker = Tracker(uri, rid, who=who, timeout_s=t.request_timeout_s, retry_after_s=t.retry_after_s,
                       gap_uri=gap_uri)
+    tracker.parent_run_id = nest.get(PARENT_TAG)
     if rid is None:
         tracker.failed += 1
         tracker.last_error = err
