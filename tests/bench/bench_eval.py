@@ -23,7 +23,6 @@ Port: RAYWORKS_TEST_PORT_BASE (default 27000) + 80.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import subprocess
@@ -53,24 +52,13 @@ def served_requests(url: str) -> float:
     return sum(float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
 
 
-@contextlib.contextmanager
 def plain_env():
     """What a user of plain lm-eval does: run from the task folder (data_files are relative to it),
-    offline datasets in a fresh cache, the server's key in OPENAI_API_KEY."""
-    saved_cwd = os.getcwd()
-    saved = {k: os.environ.get(k) for k in ("HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "OPENAI_API_KEY")}
-    with tempfile.TemporaryDirectory(prefix="bench-eval-ds-") as cache:
-        os.environ.update(HF_DATASETS_CACHE=cache, HF_DATASETS_OFFLINE="1", OPENAI_API_KEY=KEY)
-        os.chdir(TASK_DIR)
-        try:
-            yield
-        finally:
-            os.chdir(saved_cwd)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    offline datasets in a fresh cache, the server's key in OPENAI_API_KEY (the same set-up the
+    eval job makes, so the two setups differ only in who drives lm-eval)."""
+    from rayworks.eval.harness import _task_env
+
+    return _task_env(str(TASK_DIR), KEY)
 
 
 def run_plain(url: str, model: str, limit: int | None = None) -> dict:
