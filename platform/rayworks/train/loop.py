@@ -146,8 +146,40 @@ def cuda_arch_list_for_deepspeed() -> str | None:
     return fixed
 
 
+STALE_LOCK_S = 600  # DeepSpeed's JIT op builds take seconds to a few minutes; a lock this old is orphaned
+
+
+def check_extension_locks(max_age_s: float = STALE_LOCK_S) -> None:
+    """Fails fast on an orphaned torch-extension build lock instead of hanging forever.
+
+    DeepSpeed JIT-builds its ops (the CPU shared-memory allreduce, fused optimizers) through
+    torch's cpp_extension, which takes ``<build dir>/lock`` for every load, even when the
+    library is already built. A process killed inside that window (Ctrl-C, SIGKILL, an OOM
+    kill) leaves the file behind, and every later worker waits on it with no message and no
+    timeout. The lock is not ours to delete, so the error names it and the fix.
+    """
+    import glob
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    pattern = os.path.join(root, "*", "lock") if root else os.path.join(get_default_build_root(), "*", "*", "lock")
+    now = time.time()
+    for lock in sorted(glob.glob(pattern)):
+        try:
+            age = now - os.stat(lock).st_mtime
+        except FileNotFoundError:  # released meanwhile
+            continue
+        if age > max_age_s:
+            raise RuntimeError(
+                f"{lock} is {age / 60:.0f} min old: a torch extension build (DeepSpeed's JIT ops) was killed "
+                f"and left its lock, and every training worker would wait on it forever. Unless another job "
+                f"on this node is starting right now, remove it (rm {lock}) and resubmit")
+
+
 def train_loop(cfg: LoopConfig) -> None:
     """Ray Train's train_loop_per_worker (bound to ``cfg`` with functools.partial by the driver)."""
+    check_extension_locks()
     if not cfg.use_gpu:
         # Before the first deepspeed import: it picks its accelerator at import time (STACK.md pitfall 4).
         os.environ["DS_ACCELERATOR"] = "cpu"
