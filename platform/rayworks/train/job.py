@@ -24,6 +24,7 @@ from rayworks.config.train import TrainJob
 from rayworks import artifacts, storage
 from rayworks.train.data import SplitIndex, TrainPlan, val_dataset
 from rayworks.train.inputs import PrepInfo, check_job_inputs, num_steps
+from rayworks.tracking import jobrun
 from rayworks.train import mlflow_run
 from rayworks.train.loop import LoopConfig, PrepRef
 from rayworks.train.resume import RUN_DIR, prepare_output, work_identity
@@ -128,7 +129,7 @@ def run(job: TrainJob) -> dict:
     t0 = time.time()
     result = build_trainer(job, prep, out, steps, tracking).fit()
     if result.error:
-        mlflow_run.close(tracker, "", ok=False)
+        jobrun.close(tracker, None, ok=False)
         raise result.error
     ckpt = result.checkpoint
     if ckpt is None:
@@ -158,7 +159,7 @@ def run(job: TrainJob) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     storage.write_json(storage.join(out, "manifest.json"), manifest)
-    mlflow_run.close(tracker, storage.join(out, "manifest.json"))
+    jobrun.close(tracker, storage.join(out, "manifest.json"))
     print(f"[rayworks] done: step {meta['step']}, train loss {meta['train_loss']:.4f}"
           + (f", val loss {meta['val_loss']:.4f} (step 0: {meta['val_loss_step0']:.4f})" if meta["val_loss"] else ""))
     return manifest

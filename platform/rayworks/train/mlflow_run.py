@@ -94,13 +94,6 @@ def register(tracker: NullTracker, job, export_dir: str | None, prep) -> dict[st
     return section
 
 
-def close(tracker: NullTracker, manifest_uri: str, ok: bool = True) -> None:
-    """Uploads the train manifest and ends the run."""
-    if ok:
-        tracker.log_artifact(manifest_uri)
-    tracker.finish("FINISHED" if ok else "FAILED")
-
-
 def _local(uri: str) -> str:
     if not storage.is_uri(uri):
         return uri
