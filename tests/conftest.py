@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.multinode_fixture import RELEASE_EARLY
 from tests.multinode_fixture import multinode_cluster, ray_on_multinode  # noqa: F401  (session multi-node cluster)
 from tests.multinode_serve import multinode_app  # noqa: F401  (its served app: 2 replicas on 2 nodes)
 
@@ -69,6 +70,32 @@ def pytest_runtest_protocol(item, nextitem):
             and not item.config.getoption("--keep-going-after-unit-failures")):
         item.session.shouldstop = (f"{len(_unit_failures)} unit test(s) failed; integration and e2e not run "
                                    "(--keep-going-after-unit-failures runs them anyway)")
+
+
+_last_user: dict[str, str] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Releases a heavy session fixture (RELEASE_EARLY) after the last test that uses it.
+
+    The multi-node cluster and its served app hold about 7 GiB (two vLLM engines, five raylets):
+    kept to the end of the session, they left the later serve and e2e modules too little memory
+    on a 24 GiB machine (Ray's OOM killer took their replicas and the deployments never became
+    healthy). The list is the session's final one, after -k/-m deselection.
+    """
+    try:
+        return (yield)
+    finally:
+        if not _last_user:
+            for i in item.session.items:
+                for name in RELEASE_EARLY:
+                    if name in i.fixturenames:
+                        _last_user[name] = i.nodeid
+            _last_user.setdefault("", "")  # computed once, even when no test uses one
+        for name, nodeid in _last_user.items():
+            if nodeid == item.nodeid and name in RELEASE_EARLY:
+                RELEASE_EARLY.pop(name)()
 
 
 def pytest_addoption(parser):

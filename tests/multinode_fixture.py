@@ -21,6 +21,9 @@ MN_BASE = PORT_BASE + 120
 GROUP = "cpu"
 GROUP_CPUS = 2
 GROUP_MAX = 3
+# Session fixtures' release functions, called by tests/conftest.py after the last test that uses
+# the fixture (the session's end would be too late for the modules after it), then at its teardown.
+RELEASE_EARLY: dict = {}
 
 
 def multinode_spec_dict(storage: Path, base: int = MN_BASE, fault_tolerance: str = "none") -> dict:
@@ -101,14 +104,24 @@ def multinode_cluster(tmp_path_factory) -> MultiNodeCluster:
     spec = load_cluster_spec(spec_path)
     local.down(spec, quiet=True)  # a leftover from a killed session
     local.up(spec, timeout_s=300, quiet=True)
-    yield MultiNodeCluster(spec_path=spec_path, spec=spec, storage=storage, address=f"127.0.0.1:{MN_BASE}")
-    import ray
+    released = []
 
-    if ray.is_initialized():
-        ray.shutdown()
-    local.down(spec, quiet=True)
-    left = leftover_pids(spec.local.temp_dir)
-    assert not left, f"`rayworks down` left processes of the multi-node cluster: {left}"
+    def release():
+        if released:
+            return
+        released.append(True)
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        local.down(spec, quiet=True)
+        left = leftover_pids(spec.local.temp_dir)
+        assert not left, f"`rayworks down` left processes of the multi-node cluster: {left}"
+
+    RELEASE_EARLY["multinode_cluster"] = release
+    yield MultiNodeCluster(spec_path=spec_path, spec=spec, storage=storage, address=f"127.0.0.1:{MN_BASE}")
+    RELEASE_EARLY.pop("multinode_cluster", None)
+    release()
 
 
 @pytest.fixture(scope="module")
