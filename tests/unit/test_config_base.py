@@ -132,6 +132,19 @@ def test_yaml_11_octal_and_base60_are_refused(tmp_path):
         "a": "010", "b": 0, "c": 31, "d": 1000, "e": "08"}
 
 
+def test_yaml_11_booleans_are_refused(tmp_path):
+    # `no` is False in YAML 1.1 (PyYAML), a string in YAML 1.2: refused instead of guessed.
+    with pytest.raises(ConfigError, match=r"spec\.yaml:4: 'no' is a boolean only in YAML 1\.1 .* write true or false"):
+        _load(tmp_path, SPEC + "tracking: {enabled: no}\n")
+    from rayworks.config.base import parse_yaml
+
+    for word in ("yes", "No", "on", "OFF"):
+        with pytest.raises(ConfigError, match="boolean only in YAML 1.1"):
+            parse_yaml(f"a: {word}\n", "t")
+    assert parse_yaml("a: true\nb: False\nc: 'no'\nd: [TRUE, false]\n", "t") == {
+        "a": True, "b": False, "c": "no", "d": [True, False]}
+
+
 def test_non_finite_numbers_are_refused(tmp_path):
     for bad in (".inf", "-.Inf", ".nan", "'inf'", "1e999"):
         with pytest.raises(ConfigError, match="finite"):

@@ -5,7 +5,8 @@ model with ``extra="forbid"``. Loading goes through :func:`read_yaml` /
 :func:`load_yaml_model`, which turn every kind of bad input into one-line
 :class:`ConfigError` naming the file, the line, the field path and the value:
 YAML syntax errors, invalid UTF-8, duplicate keys, ``.inf``/``.nan``, YAML 1.1
-octal integers (``010`` would read as 8: refused, not guessed), and inputs whose
+octal integers (``010`` would read as 8: refused, not guessed), YAML 1.1 booleans other than
+true/false (``no`` would read as False, the "Norway problem": refused), and inputs whose
 nesting, alias count or alias-expanded size exceed fixed bounds (so an alias bomb
 costs a few milliseconds, not gigabytes). The loader never builds Python objects
 for a document that fails these checks.
@@ -39,6 +40,8 @@ MAX_INT_DIGITS = 100         # Python refuses ints past 4300 digits with a Value
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _MERGE = "tag:yaml.org,2002:merge"
+_BOOL = "tag:yaml.org,2002:bool"
+_YAML12_BOOLS = {"true", "false"}
 _OCTAL_OR_BASE60 = re.compile(r"^[-+]?(0[0-7_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)$")
 
 
@@ -97,6 +100,10 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
                     raise ConfigError(f"{source}:{key.start_mark.line + 1}: duplicate key {key.value!r} (first at line "
                                       f"{seen[ident]}); YAML keeps only the last one silently, so name each key once")
                 seen[ident] = key.start_mark.line + 1
+        elif isinstance(node, yaml.ScalarNode) and node.tag == _BOOL and node.value.lower() not in _YAML12_BOOLS:
+            raise ConfigError(f"{source}:{line}: {node.value!r} is a boolean only in YAML 1.1 (yes/no/on/off "
+                              f"read as true/false); write true or false, or quote it ('{node.value}') if you mean "
+                              "text")
         elif isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT):
             if _OCTAL_OR_BASE60.match(node.value):
                 raise ConfigError(f"{source}:{line}: {node.value!r} is an octal or base-60 number in YAML 1.1 (010 "
