@@ -174,6 +174,12 @@ def test_gcs_killed_under_a_request_stream_comes_back_and_the_app_keeps_answerin
     proc = subprocess.run([str(Path(sys.executable).with_name("ray")), "status", f"--address={mc.address}"],
                           env={**os.environ, **auth_env(spec)}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Active:" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # `rayworks status` says the head restarted its GCS, and which pid replaced which.
+    proc = subprocess.run([str(Path(sys.executable).with_name("rayworks")), "status", str(mc.spec_path)],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"GCS restarts: {len(restarted['restarts'])}" in proc.stdout, proc.stdout[-2000:]
+    assert f"(pid {new['dead_pid']} -> {new['new_pid']})" in proc.stdout, proc.stdout[-2000:]
     # New work is scheduled through the new GCS; the app kept its replicas where they were.
     assert ray.get(ray.remote(lambda: 42).options(num_cpus=0).remote(), timeout=120) == 42
     assert app.replica_states() == {"RUNNING": REPLICAS}

@@ -129,3 +129,21 @@ def test_head_command_env_and_autoscaling_config_carry_no_password(tmp_path, mon
         assert not [t for t in texts if password in t or "redis-password" in t]
     finally:
         redis.stop(local.STATE_DIR, spec)
+
+
+def test_status_line_reports_the_supervisors_gcs_restarts(tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "STATE_DIR", tmp_path / "state")
+    spec = _spec(tmp_path)
+    assert "has written no status" in local.head_ft_summary(spec)
+    local.STATE_DIR.mkdir()
+    doc = {"supervisor_pid": 10, "gcs_pid": 11, "restarts": []}
+    local.supervisor_status_file(spec).write_text(json.dumps(doc))
+    assert local.head_ft_summary(spec).endswith("GCS pid 11, supervisor pid 10, GCS restarts: 0")
+    doc["restarts"] = [{"dead_pid": 11, "new_pid": 12, "noticed_at": 1.0, "started_at": 2.0},
+                       {"dead_pid": 12, "new_pid": 13, "noticed_at": 3.0, "started_at": 4.0}]
+    doc["gcs_pid"] = 13
+    local.supervisor_status_file(spec).write_text(json.dumps(doc))
+    line = local.head_ft_summary(spec)
+    assert "GCS pid 13" in line and "GCS restarts: 2, last at " in line and line.endswith("(pid 12 -> 13)")
+    (tmp_path / "noft.yaml").write_text(yaml.safe_dump(multinode_spec_dict(tmp_path / "s2")))
+    assert local.head_ft_summary(load_cluster_spec(tmp_path / "noft.yaml")) is None

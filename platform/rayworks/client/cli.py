@@ -57,6 +57,9 @@ def cmd_status(a):
     spec = _spec(a.spec)
     st = local.status(spec)
     print(f"cluster {spec.name!r}: dashboard {spec.dashboard_url}")
+    ft = local.head_ft_summary(spec)
+    if ft:
+        print(f"  {ft}")
     if spec.worker_groups and spec.provider.type == "local":  # the autoscaler's own view: groups, demand
         from rayworks.cluster import multinode
 

@@ -145,6 +145,21 @@ def supervisor_status_file(spec: ClusterSpec) -> Path:
     return STATE_DIR / f"{spec.name}.supervisor.json"
 
 
+def head_ft_summary(spec: ClusterSpec) -> str | None:
+    """One line for `rayworks status` on a local head with head.fault_tolerance: redis; None otherwise."""
+    if spec.provider.type != "local" or spec.head.fault_tolerance != "redis":
+        return None
+    try:
+        doc = json.loads(supervisor_status_file(spec).read_text())
+    except (OSError, ValueError):
+        return "head fault tolerance: redis; the GCS supervisor has written no status (is the cluster up?)"
+    restarts = doc.get("restarts", [])
+    last = (f", last at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(restarts[-1]['started_at']))} "
+            f"(pid {restarts[-1]['dead_pid']} -> {restarts[-1]['new_pid']})") if restarts else ""
+    return (f"head fault tolerance: redis; GCS pid {doc.get('gcs_pid')}, supervisor pid {doc.get('supervisor_pid')}, "
+            f"GCS restarts: {len(restarts)}{last}")
+
+
 def up(spec: ClusterSpec, timeout_s: float = 180, quiet: bool = False) -> dict:
     """Starts the local head unless it is already running; returns its state."""
     if spec.provider.type != "local":
