@@ -109,6 +109,9 @@ def install() -> None:
 
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _raise)
+    # Ctrl-C raises KeyboardInterrupt even where the benchmark was started with SIGINT ignored
+    # (a background job of a non-interactive shell gets SIG_IGN, and Python then keeps it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def leftovers(since_pids: set[int]) -> list[str]:
