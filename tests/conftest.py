@@ -72,7 +72,7 @@ def pytest_runtest_protocol(item, nextitem):
                                    "(--keep-going-after-unit-failures runs them anyway)")
 
 
-_last_user: dict[str, str] = {}
+_last_user: dict[str, list[str]] = {}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -87,14 +87,10 @@ def pytest_runtest_teardown(item, nextitem):
     try:
         return (yield)
     finally:
-        if not _last_user:
-            for i in item.session.items:
-                for name in RELEASE_EARLY:
-                    if name in i.fixturenames:
-                        _last_user[name] = i.nodeid
-            _last_user.setdefault("", "")  # computed once, even when no test uses one
-        for name, nodeid in _last_user.items():
-            if nodeid == item.nodeid and name in RELEASE_EARLY:
+        for name in list(RELEASE_EARLY):  # registered when the fixture is first set up
+            if name not in _last_user:
+                _last_user[name] = [i.nodeid for i in item.session.items if name in i.fixturenames][-1:]
+            if _last_user[name] == [item.nodeid]:
                 RELEASE_EARLY.pop(name)()
 
 
