@@ -79,7 +79,7 @@ _last_user: dict[str, list[str]] = {}
 def pytest_runtest_teardown(item, nextitem):
     """Releases a heavy session fixture (RELEASE_EARLY) after the last test that uses it.
 
-    The multi-node cluster and its served app hold about 7 GiB (two vLLM engines, five raylets):
+    The multi-node cluster and its served app hold about 9 GiB (two vLLM engines, its raylets):
     kept to the end of the session, they left the later serve and e2e modules too little memory
     on a 24 GiB machine (Ray's OOM killer took their replicas and the deployments never became
     healthy). The list is the session's final one, after -k/-m deselection.

@@ -21,8 +21,9 @@ MN_BASE = PORT_BASE + 120
 GROUP = "cpu"
 GROUP_CPUS = 2
 GROUP_MAX = 3
-# Session fixtures' release functions, called by tests/conftest.py after the last test that uses
-# the fixture (the session's end would be too late for the modules after it), then at its teardown.
+# Session fixtures' release functions: tests/conftest.py pops and calls one after the last test that
+# uses the fixture (the session's end would be too late for the modules after it); the fixture's
+# own teardown calls it only if it is still here.
 RELEASE_EARLY: dict = {}
 
 
@@ -104,12 +105,7 @@ def multinode_cluster(tmp_path_factory) -> MultiNodeCluster:
     spec = load_cluster_spec(spec_path)
     local.down(spec, quiet=True)  # a leftover from a killed session
     local.up(spec, timeout_s=300, quiet=True)
-    released = []
-
     def release():
-        if released:
-            return
-        released.append(True)
         import ray
 
         if ray.is_initialized():
@@ -120,8 +116,8 @@ def multinode_cluster(tmp_path_factory) -> MultiNodeCluster:
 
     RELEASE_EARLY["multinode_cluster"] = release
     yield MultiNodeCluster(spec_path=spec_path, spec=spec, storage=storage, address=f"127.0.0.1:{MN_BASE}")
-    RELEASE_EARLY.pop("multinode_cluster", None)
-    release()
+    if RELEASE_EARLY.pop("multinode_cluster", None):  # not released early (no later test ran)
+        release()
 
 
 @pytest.fixture(scope="module")
