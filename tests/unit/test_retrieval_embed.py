@@ -114,3 +114,35 @@ def test_rag_prompt_and_sources():
     comp = sr.augment("completions", {"prompt": "def f", "rag": {"k": 1}}, hits, 30)
     assert comp["prompt"].endswith("\ndef f") and "second" not in comp["prompt"]  # the char budget holds
     assert [s["chunk_id"] for s in sr.sources(hits)] == ["d#0", "e#1"] and "id" not in sr.sources(hits)[0]
+
+
+def test_parts_commit_whole_in_index_order_from_out_of_order_batches():
+    """The driver's part assembly: batches from several engines arrive in any order; a part is
+    handed out once all its vectors are back, sorted, with its chunk columns and a fixed-size
+    float32 vector column; a committed part is skipped; a stray row is refused."""
+    import numpy as np
+    import pyarrow as pa
+
+    from rayworks.retrieval import embed as em
+
+    rows = [{"index": i, "chunk_id": f"d{i // 3}#{i % 3}", "doc_id": f"d{i // 3}", "text": f"t{i}"} for i in range(10)]
+    pending = em.pending_parts(rows, done={1}, rows_per_part=4)  # part 1 (rows 4-7) is committed already
+    assert sorted(pending) == [0, 2] and pending[2].column("index").to_pylist() == [8, 9]
+    vec = lambda idx: np.stack([np.full(3, i, np.float32) for i in idx])  # noqa: E731 - row i's vector is all i
+    c = em.PartCollector(pending, 4)
+    assert c.add([9, 2], vec([9, 2])) == []
+    got = c.add([0, 8, 3], vec([0, 8, 3]))
+    assert [k for k, _ in got] == [2]
+    (k, t), = got
+    assert t.schema == em.part_schema(3) and t.column("index").to_pylist() == [8, 9]
+    assert t.column("vector").type == pa.list_(pa.float32(), 3) and t.column("vector")[1].as_py() == [9.0] * 3
+    assert c.incomplete() == [0]
+    (k, t), = c.add(np.array([1]), np.array([np.ones(3, np.float32)], dtype=object))  # a column of arrays
+    assert k == 0 and t.column("chunk_id").to_pylist() == ["d0#0", "d0#1", "d0#2", "d1#0"]
+    assert [v[0] for v in t.column("vector").to_pylist()] == [0.0, 1.0, 2.0, 3.0] and c.incomplete() == []
+    with pytest.raises(RuntimeError, match="part 1, which was not asked for"):
+        em.PartCollector(pending, 4).add([5], vec([5]))
+    with pytest.raises(RuntimeError, match="vectors of 2 and 3 floats"):
+        c2 = em.PartCollector(pending, 4)
+        c2.add([0], vec([0]))
+        c2.add([1], np.zeros((1, 2), np.float32))

