@@ -1,15 +1,16 @@
 """Retrieval end to end on the session cluster: embed -> index -> serve with an index attached.
 
-One module fixture runs the real job path three times (`rayworks submit` of an embed job,
+One module fixture runs the real job path (`rayworks submit` of an embed job, a rerun of it,
 an index job, a serve job with ``retrieval:``) over a real corpus (the standard library's
-pydoc topics) with a tiny Llama built here; its engines: one for the embed job (Ray Data,
-``ray.data.llm`` embed task), then the served model and the retriever's embedding engine,
-which start at the same time. Checks: the embed output's schema and manifest chain, a rerun
-that embeds nothing (every part committed), the IVF index built in parallel tasks and merged
-on disk, and the served API: each probed chunk's own text finds that chunk first, 401
-without a key, 4xx on bad input, the RAG option answers with its sources (streamed too, read
-with the ``openai`` client), and, last, a second index (exact search over the same embeddings)
-rolls out with `rayworks serve update --index` while retrieval requests keep flowing: none fails.
+pydoc topics) with a tiny Llama built here; its engines: the embed job's (Ray Data actors
+holding a ``vllm.LLM``), the rerun's (``ray.data.llm``'s embed processor), then the served
+model and the retriever's embedding engine, which start at the same time. Checks: the embed
+output's schema and manifest chain; a rerun after a lost part embeds that part only, with the
+other backend, to the same vectors; the IVF index built in parallel tasks and merged on disk;
+and the served API: each probed chunk's own text finds that chunk first, 401 without a key,
+4xx on bad input, the RAG option answers with its sources (streamed too, read with the
+``openai`` client), and, last, a second index (exact search over the same embeddings) rolls
+out with `rayworks serve update --index` while retrieval requests keep flowing: none fails.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -68,7 +70,13 @@ def rag(local_cluster, ray_on_cluster, prometheus, tmp_path_factory):
              "chunking": {"chunk_tokens": 64, "overlap_tokens": 8}, "output": {"num_rows_per_part": 64},
              "engine": {**engine, "batch_size": 32, "num_cpus_per_replica": 1}}
     out1 = submit(local_cluster, embed, root / "embed.yaml", spec_path)
-    out2 = submit(local_cluster, embed, root / "embed.yaml", spec_path)  # everything committed: nothing to do
+    # As if the first run had died before committing its last part: the rerun embeds that part
+    # only, through the other backend (ray.data.llm's processor), which must give the same vectors.
+    parts = sorted((local_cluster.storage / "embed" / "rag-embed" / "parts").glob("part-*.parquet"))
+    lost = pq.read_table(parts[-1])
+    parts[-1].unlink()
+    embed["engine"]["backend"] = "ray_data_llm"
+    out2 = submit(local_cluster, embed, root / "embed.yaml", spec_path)
     index = {"kind": "index", "name": "rag-index", "embeddings": str(local_cluster.storage / "embed" / "rag-embed"),
              "index": {"type": "ivf_flat", "nlist": 8, "train_sample": 64}, "build": {"num_workers": 2}}
     out3 = submit(local_cluster, index, root / "index.yaml", spec_path)
@@ -81,7 +89,7 @@ def rag(local_cluster, ray_on_cluster, prometheus, tmp_path_factory):
                  "rollout": {"max_surge_percent": 100, "graceful_shutdown_timeout_s": 5}}
     try:
         out4 = submit(local_cluster, serve_job, root / "serve.yaml", spec_path)
-        yield {"embed": (out1, out2), "index": out3, "serve": out4, "storage": local_cluster.storage,
+        yield {"embed": (out1, out2), "lost": lost, "index": out3, "serve": out4, "storage": local_cluster.storage,
                "url": f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}", "cluster": local_cluster,
                "spec_path": spec_path, "root": root, "started": started, "prometheus": prometheus}
     finally:
@@ -99,8 +107,14 @@ def post(rag, path, body, key=KEY):
 def test_embed_output_and_resume(rag):
     s1, s2 = summary_of(rag["embed"][0], "RAYWORKS_EMBED_SUMMARY"), summary_of(rag["embed"][1], "RAYWORKS_EMBED_SUMMARY")
     assert s1["num_documents"] == NUM_DOCS and s1["num_embedded"] == s1["num_chunks"] > NUM_DOCS
-    assert s2["num_embedded"] == 0 and s2["num_resumed"] == s1["num_chunks"]  # rerun: every part committed
+    lost = rag["lost"]  # the part removed before the rerun: only its chunks were embedded again
+    assert s2["num_embedded"] == lost.num_rows and s2["num_resumed"] == s1["num_chunks"] - lost.num_rows > 0
     out = rag["storage"] / "embed" / "rag-embed"
+    again = pq.read_table(sorted((out / "parts").glob("part-*.parquet"))[-1])
+    assert again.drop_columns(["vector"]).equals(lost.drop_columns(["vector"]))
+    a = np.array(again.column("vector").to_pylist(), np.float32)
+    b = np.array(lost.column("vector").to_pylist(), np.float32)
+    assert np.allclose(a, b, atol=1e-4), np.abs(a - b).max()  # both backends: the same vectors
     t = pq.read_table(out / "parts")
     assert t.column_names == ["index", "chunk_id", "doc_id", "text", "vector"]
     assert sorted(t.column("index").to_pylist()) == list(range(s1["num_chunks"]))
