@@ -85,8 +85,13 @@ def test_config_refuses_chunks_that_cannot_fit(tmp_path):
         job(tmp_path, chunking={"chunk_tokens": 256}, engine={"max_model_len": 256})
     with pytest.raises(ConfigError, match="chunk_size"):
         job(tmp_path, chunking={"chunk_size": 10})
+    with pytest.raises(ConfigError, match="backend: ray_data_llm"):
+        job(tmp_path, engine={"device": "gpu", "tensor_parallel_size": 2})
+    with pytest.raises(ConfigError, match="backend"):
+        job(tmp_path, engine={"backend": "transformers"})
     j = job(tmp_path)
-    assert j.engine.max_model_len == 512 and j.engine.dtype == "float32"
+    assert j.engine.max_model_len == 512 and j.engine.dtype == "float32" and j.engine.backend == "llm"
+    assert job(tmp_path, engine={"device": "gpu", "tensor_parallel_size": 2, "backend": "ray_data_llm"})
 
 
 def test_retrieve_request_rules():

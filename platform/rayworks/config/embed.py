@@ -81,6 +81,9 @@ class EmbedEngine(VLLMEngineSettings):
     def _check(self) -> "EmbedEngine":
         if self.device == "cpu" and (self.tensor_parallel_size > 1 or self.accelerator_type):
             raise ValueError("tensor_parallel_size > 1 and accelerator_type need engine.device: gpu")
+        if self.backend == "llm" and self.tensor_parallel_size > 1:
+            raise ValueError("tensor_parallel_size > 1 needs engine.backend: ray_data_llm (it places each engine's "
+                             "GPUs in a placement group); backend llm runs one GPU per replica")
         return self
 
 
