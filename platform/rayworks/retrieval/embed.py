@@ -48,11 +48,20 @@ def part_name(k: int) -> str:
     return f"part-{k:06d}.parquet"
 
 
-def part_schema(dim: int):
+def chunk_schema():
+    """A part's columns without the vectors: what the driver holds for the parts pending."""
     import pyarrow as pa
 
     return pa.schema([("index", pa.int64()), ("chunk_id", pa.string()), ("doc_id", pa.string()),
-                      ("text", pa.string()), ("vector", pa.list_(pa.float32(), dim))])
+                      ("text", pa.string())])
+
+
+def part_schema(dim: int):
+    import pyarrow as pa
+
+    schema = chunk_schema().append(pa.field("vector", pa.list_(pa.float32(), dim)))
+    assert tuple(schema.names) == EMBED_COLUMNS  # the contract the index job reads
+    return schema
 
 
 def committed(out: str) -> set[int]:
@@ -75,10 +84,8 @@ def part_table(meta, index, vectors, dim: int):
     if len(index) != len(want) or not np.array_equal(index, want):
         raise RuntimeError(f"the engines returned rows {index[:5].tolist()}... for a part of rows "
                            f"{want[:5].tolist()}...; rerun to resume")
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise RuntimeError(f"the engine returned vectors of shape {vectors.shape}, expected (n, {dim})")
     vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-    return pa.Table.from_arrays([*(meta.column(c) for c in EMBED_COLUMNS[:-1]), vec], schema=part_schema(dim))
+    return pa.Table.from_arrays([*(meta.column(c) for c in chunk_schema().names), vec], schema=part_schema(dim))
 
 
 def write_part(out: str, k: int, table) -> None:
@@ -101,8 +108,7 @@ class PartCollector:
     def __init__(self, pending: dict[int, "object"], rows_per_part: int):
         self.meta = dict(pending)  # part -> pa.Table(index, chunk_id, doc_id, text), index order
         self.rows_per_part = rows_per_part
-        self.got: dict[int, list] = defaultdict(list)
-        self.count: dict[int, int] = defaultdict(int)
+        self.got: dict[int, list] = defaultdict(list)  # part -> [(index, vectors)] returned so far
         self.dim: int | None = None
 
     def add(self, index, vectors) -> list[tuple[int, "object"]]:
@@ -125,8 +131,7 @@ class PartCollector:
                 raise RuntimeError(f"the engine returned chunks of part {k}, which was not asked for")
             sel = parts == k
             self.got[k].append((index[sel], vectors[sel]))
-            self.count[k] += int(sel.sum())
-            if self.count[k] == self.meta[k].num_rows:
+            if sum(len(g[0]) for g in self.got[k]) == self.meta[k].num_rows:
                 done.append(k)
         out = []
         for k in done:
@@ -134,7 +139,6 @@ class PartCollector:
             idx = np.concatenate([g[0] for g in pieces])
             vec = np.concatenate([g[1] for g in pieces])
             out.append((k, part_table(self.meta.pop(k), idx, vec, self.dim)))
-            del self.count[k]
         return out
 
     def incomplete(self) -> list[int]:
@@ -286,8 +290,8 @@ def pending_parts(rows: list[dict], done: set[int], rows_per_part: int) -> dict:
         k = r["index"] // rows_per_part
         if k not in done:
             out[k].append(r)
-    cols = list(EMBED_COLUMNS[:-1])
-    return {k: pa.Table.from_pydict({c: [r[c] for r in v] for c in cols}, schema=part_schema(1).remove(4))
+    schema = chunk_schema()
+    return {k: pa.Table.from_pydict({c: [r[c] for r in v] for c in schema.names}, schema=schema)
             for k, v in sorted(out.items())}
 
 
