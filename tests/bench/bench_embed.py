@@ -14,7 +14,8 @@ Same model (a tiny Llama built here, as the training job exports it), same chunk
   one Parquet file; vLLM's default CPU setup.
 - rayworks: ``rayworks.retrieval.embed.run`` (the job's runner) on a local Ray instance that
   is already up (its start is not counted: a cluster is long-lived), whole job timed: read,
-  chunk, Ray Data + ``ray.data.llm`` engines, parts committed, manifest written.
+  chunk, Ray Data actors each holding a ``vllm.LLM`` (the default ``engine.backend: llm``), parts
+  committed, manifest written.
 Each side runs in its own process, one after the other. Printed: whole-task chunks/s and the
 ratio (target >= 1.0 on one machine), per replica count, and each side's engine start.
 """
@@ -49,8 +50,9 @@ def baseline(model: str, docs: str, out: str) -> dict:
     from rayworks.retrieval import chunking
 
     job = load_job_data(job_data(model, docs, out, 1), "bench", Path(out))
-    rows = chunking.chunk_docs(chunking.read_docs(job).docs, chunking.load_tokenizer(model), 128, 16,
-                               job.chunking.min_chunk_tokens)
+    c = job.chunking
+    rows = chunking.chunk_docs(chunking.read_docs(job).docs, chunking.load_tokenizer(model), c.chunk_tokens,
+                               c.overlap_tokens, c.min_chunk_tokens)
     t1 = time.time()
     llm = LLM(model=model, runner="pooling", convert="embed", dtype="float32", max_model_len=MAX_MODEL_LEN,
               enforce_eager=True)
