@@ -12,7 +12,9 @@ The default shape is the demo's (sequences of 256 tokens, micro batch 4 per work
 Shorter steps show more of rayworks' per-step cost (ZeRO-2's partitioned step, the data
 position checks): on 2 cores the seq-128 ratio came out lower (0.85 against 0.96).
 ``--zero-stage 0`` runs rayworks without ZeRO partitioning: run after a stage-2 run in the same
-session, it shows what ZeRO-2's partitioned step costs at this shape.
+session, it shows what ZeRO-2's partitioned step costs at this shape. ``--zero-config JSON`` adds
+zero_optimization keys (``'{"reduce_scatter": true}'`` is DeepSpeed's own default, which rayworks
+turns off on CPU workers). ``--workers 1`` leaves a core of the 2 to Ray's own processes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def parse(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2],
                     help="rayworks' ZeRO stage (the demo's is 2; 0 isolates what ZeRO's partitioned step costs)")
+    ap.add_argument("--zero-config", default="{}", metavar="JSON",
+                    help="more zero_optimization keys for rayworks, e.g. '{\"reduce_scatter\": false}'")
     ap.add_argument("--repeats", type=int, default=2,
                     help="alternate DDP and rayworks this many times; the ratio printed is the median")
     ap.add_argument("--prep", help="existing prep output (default: made in a temp dir)")
@@ -126,7 +130,7 @@ def run_rayworks(a, prep: str, out: str) -> dict:
          "data": {"prep_uri": prep, "shuffle": False, "val_split": None},
          "deepspeed": {"train_micro_batch_size_per_gpu": a.micro_batch, "gradient_accumulation_steps": 1,
                        "gradient_clipping": 1.0, "optimizer": {"type": "AdamW", "params": {"lr": a.lr}},
-                       "zero_optimization": {"stage": a.zero_stage}},
+                       "zero_optimization": {**json.loads(a.zero_config), "stage": a.zero_stage}},
          "scaling": {"num_workers": a.workers},
          "run": {"num_steps": a.steps, "log_every_steps": half, "eval_every_steps": a.steps,
                  "checkpoint_every_steps": a.steps, "output_uri": out, "export": False}}
@@ -162,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"Llama hidden {a.hidden} x {a.layers} layers, steps {a.steps // 2}..{a.steps} timed, {a.repeats} rounds")
     for i, (ddp, rw, r) in enumerate(runs):
         print(f"  round {i + 1}: DDP (torch.distributed.run, gloo) {ddp['tokens_per_s']:9,.0f} tok/s (loss "
-              f"{ddp['loss']:.3f}); rayworks (Ray Train + DeepSpeed ZeRO-{a.zero_stage}) {rw['tokens_per_s']:9,.0f} tok/s "
+              f"{ddp['loss']:.3f}); rayworks (Ray Train + DeepSpeed ZeRO-{a.zero_stage}"
+              f"{'' if a.zero_config == '{}' else ' ' + a.zero_config}) {rw['tokens_per_s']:9,.0f} tok/s "
               f"(loss {rw['loss']:.3f}); ratio {r:.2f}")
     ratio = statistics.median(r for *_, r in runs)
     ddp = {"tokens_per_s": statistics.median(d["tokens_per_s"] for d, *_ in runs)}

@@ -72,6 +72,17 @@ def test_precision_and_adam_follow_the_device():
     assert gpu["bf16"]["enabled"] is True and gpu["optimizer"]["params"]["torch_adam"] is False
     with pytest.raises(ConfigError, match="bf16.enabled: true on CPU"):
         resolve_deepspeed({**cfg, "bf16": {"enabled": True}}, 2, False, 10)
+    # ZeRO-1/2 on CPU (gloo, no reduce-scatter) reduce with one all-reduce unless the user says otherwise;
+    # GPUs keep DeepSpeed's reduce-scatter, and stages 0 and 3 are left as written.
+    for stage in (1, 2):
+        z = {**cfg, "zero_optimization": {"stage": stage}}
+        assert resolve_deepspeed(z, 2, False, 10)["zero_optimization"] == {"stage": stage, "reduce_scatter": False}
+        assert resolve_deepspeed(z, 2, True, 10)["zero_optimization"] == {"stage": stage}
+    mine = {**cfg, "zero_optimization": {"stage": 2, "reduce_scatter": True}}
+    assert resolve_deepspeed(mine, 2, False, 10)["zero_optimization"]["reduce_scatter"] is True
+    for stage in (0, 3):
+        assert resolve_deepspeed({**cfg, "zero_optimization": {"stage": stage}}, 2, False, 10)["zero_optimization"] == {
+            "stage": stage}
 
 
 def test_deepspeed_sections_are_checked():
