@@ -1,5 +1,6 @@
-"""Batch generation (`kind: generate`): vLLM over a prompt dataset with Ray Data's `ray.data.llm`.
+"""Batch generation (`kind: generate`): vLLM engines over a prompt dataset on Ray Data.
 
-Modules: prompts (read + vet input), engine (the ray.data.llm processor), chunks
-(resumable output layout), storage (local / s3:// / gs:// via pyarrow.fs), job (runner).
+Modules: prompts (read + vet input), engine (the engine actors: a vllm.LLM per Ray Data
+actor, or the ray.data.llm processor), chunks (resumable output layout), preflight
+(model and input checks), job (runner).
 """
