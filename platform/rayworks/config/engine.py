@@ -83,3 +83,23 @@ class VLLMEngineSettings(StrictModel):
     def vllm_env(self, on_cpu: bool) -> dict[str, str]:
         """Environment variables vLLM reads for these settings (the CPU KV cache size)."""
         return {"VLLM_CPU_KVCACHE_SPACE": f"{self.cpu_kvcache_space_gb:d}"} if on_cpu else {}
+
+
+# Every vLLM engine actor: no usage reporting, no Hub downloads (models are local folders or
+# s3:// / gs:// copies), no tokenizer thread pools fighting the engine for the replica's CPUs.
+ENGINE_ACTOR_ENV = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                    "TOKENIZERS_PARALLELISM": "false"}
+
+
+def engine_actor_options(device: str, num_cpus_per_replica: float, accelerator_type: str | None,
+                         env: dict[str, str]) -> dict[str, Any]:
+    """Ray options of a Ray Data actor that holds one vLLM engine (embed and generate, backend llm):
+    the replica's CPUs on CPU; one GPU (and one CPU for the actor) on GPU."""
+    opts: dict[str, Any] = {"runtime_env": {"env_vars": env}}
+    if device == "cpu":
+        opts["num_cpus"] = num_cpus_per_replica
+    else:
+        opts.update(num_cpus=1, num_gpus=1)
+        if accelerator_type:
+            opts["accelerator_type"] = accelerator_type
+    return opts

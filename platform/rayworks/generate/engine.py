@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import time
 
+from rayworks.config.engine import ENGINE_ACTOR_ENV, engine_actor_options
 from rayworks.config.generate import GenerateJob
 
 
@@ -52,12 +53,9 @@ def engine_kwargs(job: GenerateJob, seeded: bool = False) -> dict:
 
 def engine_env(job: GenerateJob) -> dict[str, str]:
     """Environment of the engine actors."""
-    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    env.update(job.engine.vllm_env(on_cpu=job.engine.device == "cpu"))
+    env = {**ENGINE_ACTOR_ENV, **job.engine.vllm_env(on_cpu=job.engine.device == "cpu")}
     if job.engine.device == "cpu":
         n = max(1, int(job.engine.num_cpus_per_replica))
-        env["OMP_NUM_THREADS"] = str(n)
         if job.engine.backend == "llm":
             # Ray reserves the replica's CPUs and the OS places its threads (vLLM's "auto" binding
             # would pin every engine of a node to the same core). Generation runs one engine step
@@ -65,7 +63,8 @@ def engine_env(job: GenerateJob) -> dict[str, str]:
             # binding does (tests/bench/bench_generate.py: 0.97 of LLM.generate, against 0.74 with
             # every CPU a math thread).
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-            env["OMP_NUM_THREADS"] = str(max(1, n - 1))
+            n = max(1, n - 1)
+        env["OMP_NUM_THREADS"] = str(n)
     env.update(job.runtime_env.env_vars)
     return env
 
@@ -179,13 +178,7 @@ class BatchGenerator:
 def generate_stage(job: GenerateJob, ds, seeded: bool = False):
     """``ds`` (vetted rows) through the engine actors -> generations (backend ``llm``)."""
     e = job.engine
-    remote = {"runtime_env": {"env_vars": engine_env(job)}}
-    if e.device == "cpu":
-        remote["num_cpus"] = e.num_cpus_per_replica
-    else:
-        remote.update(num_cpus=1, num_gpus=1)
-        if e.accelerator_type:
-            remote["accelerator_type"] = e.accelerator_type
+    remote = engine_actor_options(e.device, e.num_cpus_per_replica, e.accelerator_type, engine_env(job))
     return ds.map_batches(BatchGenerator, fn_constructor_kwargs={"model": job.model,
                                                                  "engine_kwargs": engine_kwargs(job, seeded)},
                           batch_size=e.prompts_per_call, batch_format="numpy", concurrency=e.num_replicas, **remote)

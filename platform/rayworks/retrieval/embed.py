@@ -34,6 +34,7 @@ from collections import defaultdict
 from rayworks import artifacts, storage
 from rayworks.config.base import config_hash
 from rayworks.config.embed import EmbedJob
+from rayworks.config.engine import ENGINE_ACTOR_ENV, engine_actor_options
 from rayworks.config.index import EMBED_COLUMNS, EMBED_PARTS_DIR
 from rayworks.errors import ConfigError
 from rayworks.retrieval import chunking
@@ -175,8 +176,7 @@ def engine_kwargs(job: EmbedJob) -> dict:
 def engine_env(job: EmbedJob) -> dict[str, str]:
     """The engine actors' environment."""
     e = job.engine
-    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", **e.vllm_env(on_cpu=e.device == "cpu"), **job.runtime_env.env_vars}
+    env = {**ENGINE_ACTOR_ENV, **e.vllm_env(on_cpu=e.device == "cpu"), **job.runtime_env.env_vars}
     if e.device == "cpu":
         # vLLM's own CPU binding ("auto") pins every engine of a node to the same cores and keeps
         # one core for its scheduler: replicas on one node would share one core. Ray reserves the
@@ -204,13 +204,8 @@ class BatchEmbedder:
 def embed_stage(job: EmbedJob, ds):
     """``ds`` (rows index, text) through the engines -> rows index, vector (backend ``llm``)."""
     e = job.engine
-    remote = {"runtime_env": {"env_vars": engine_env(job)}}
-    if e.device == "cpu":
-        remote["num_cpus"] = e.num_cpus_per_replica
-    else:
-        remote.update(num_cpus=1, num_gpus=e.tensor_parallel_size)
-        if e.accelerator_type:
-            remote["accelerator_type"] = e.accelerator_type
+    # backend llm is one GPU per replica (the config refuses tensor_parallel_size > 1 with it)
+    remote = engine_actor_options(e.device, e.num_cpus_per_replica, e.accelerator_type, engine_env(job))
     return ds.map_batches(BatchEmbedder, fn_constructor_kwargs={"model": job.model, "engine_kwargs": engine_kwargs(job)},
                           batch_size=e.batch_size, batch_format="numpy", concurrency=e.num_replicas, **remote)
 
