@@ -54,3 +54,25 @@ def test_only_the_adapter_touches_ray_internals():
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if p.name != "rayllm.py" and pattern.search(p.read_text())]
     assert not offenders, f"Ray internals used outside rayworks/serve/rayllm.py: {offenders}"
+
+
+def test_router_keeps_its_version_when_only_the_engine_changes():
+    """An update to a new model or index must not restart Ray's request router (HAProxy would 503
+    router_unreachable until its next reload); new router options must."""
+    from ray.serve.llm import LLMConfig
+
+    def router_version(source: str, options: dict):
+        cfg = LLMConfig(model_loading_config={"model_id": "m", "model_source": source},
+                        deployment_config={"max_surge_percent": 100}, experimental_configs={"index": source})
+        app = rayllm.direct_streaming_deployment(cfg, options)
+        return app._ingress_request_router._bound_deployment.version, app._bound_deployment.version
+
+    old, new = router_version("/models/a", {"max_surge_percent": 100}), router_version("/models/b", {"max_surge_percent": 100})
+    assert old[0] and old[0] == new[0]
+    assert old[1] is None  # the engine itself still rolls on every update
+    assert router_version("/models/a", {"max_surge_percent": 50})[0] != old[0]
+
+
+def test_missing_names_a_private_argument_that_is_gone(monkeypatch):
+    monkeypatch.setattr(rayllm, "PRIVATE_ARGS", (("ray.serve.deployment", "Deployment", "options", "_no_such_arg"),))
+    assert "ray.serve.deployment.Deployment.options(_no_such_arg=)" in rayllm.missing()

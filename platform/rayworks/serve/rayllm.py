@@ -11,6 +11,7 @@ which symbol moved and which Ray version rayworks was written against.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 # The Ray version these internals were read from (pyproject pins ray to it).
@@ -34,6 +35,10 @@ PRIVATE_MEMBERS: tuple[tuple[str, str, str], ...] = (
     ("ray.serve.llm", "LLMServer", "__serve_build_asgi_app__"),  # Serve's hook for a replica's own ASGI app
     ("ray.serve.deployment", "Application", "_with_ingress_request_router"),
 )
+# Private keyword arguments of public methods: (module, class, method, argument).
+PRIVATE_ARGS: tuple[tuple[str, str, str, str], ...] = (
+    ("ray.serve.deployment", "Deployment", "options", "_internal"),  # lets the router keep a version
+)
 
 
 def _get(module: str, name: str) -> Any:
@@ -56,6 +61,12 @@ def missing() -> list[str]:
                 out.append(f"{module}.{cls}.{attr}")
         except (ImportError, AttributeError):
             out.append(f"{module}.{cls}")
+    for module, cls, method, arg in PRIVATE_ARGS:
+        try:
+            if arg not in inspect.signature(getattr(_get(module, cls), method)).parameters:
+                out.append(f"{module}.{cls}.{method}({arg}=)")
+        except (ImportError, AttributeError):
+            out.append(f"{module}.{cls}.{method}")
     return out
 
 
@@ -131,8 +142,27 @@ def direct_streaming_deployment(cfg, router_options: dict, bind_kwargs: dict | N
     builder = importlib.import_module("ray.llm._internal.serve.core.ingress.builder")
     app = builder._build_direct_streaming_llm_deployment(cfg, bind_kwargs=bind_kwargs)
     router = builder._build_openai_ingress_request_router(server=app, llm_config=cfg)
-    router._bound_deployment = router._bound_deployment.options(**router_options)
+    # Serve redeploys a deployment without a version on every update, and HAProxy's Lua keeps
+    # asking the old router until its next reload: a request in that window gets 503
+    # router_unreachable. The router's behaviour depends only on what this version hashes, so an
+    # update that changes the engine (a new model or index) keeps the running router replicas.
+    # ``Deployment.options(version=...)`` is private since Ray 2.x (``_internal=True``).
+    router._bound_deployment = router._bound_deployment.options(
+        _internal=True, version=router_version(cfg, router_options), **router_options)
     return app._with_ingress_request_router(router)
+
+
+def router_version(cfg, router_options: dict) -> str:
+    """A version for Ray's request router: changes only with what the router itself runs."""
+    import hashlib
+    import json
+
+    import ray
+
+    routing = {k: v for k, v in (cfg.deployment_config or {}).items() if "router" in k}
+    key = json.dumps({"ray": ray.__version__, "model": cfg.model_id, "options": router_options,
+                      "routing": routing}, sort_keys=True, default=repr)
+    return "rw-router-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def run_nonblocking(app, name: str, route_prefix: str) -> None:
