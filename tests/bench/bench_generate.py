@@ -4,6 +4,7 @@
     python tests/bench/bench_generate.py --num-prompts 4096 # a longer generation phase
     python tests/bench/bench_generate.py --backend ray_data_llm
     python tests/bench/bench_generate.py --engine-env VLLM_CPU_OMP_THREADS_BIND=auto
+    python tests/bench/bench_generate.py --baseline-env VLLM_ENABLE_V1_MULTIPROCESSING=0 --baseline-env OMP_NUM_THREADS=2
 
 Same model (a tiny Llama built here, as the training job exports it), same prompts,
 same SamplingParams(temperature=0.7, top_p=0.95, max_tokens=50). Each side runs
@@ -81,10 +82,10 @@ def rayworks(model: str, prompts_path: str, max_tokens: int, seed: int | None, o
             "engine_start_s": s["engine_start_s"], "generation_s": s["generation_s"], "wall_s": s["wall_s"]}
 
 
-def _child(kind: str, kwargs: dict) -> dict:
+def _child(kind: str, kwargs: dict, env: dict[str, str] | None = None) -> dict:
     """Runs one side in a fresh process (vLLM spawns engine processes; each side gets a clean box)."""
-    proc = run_owned([sys.executable, __file__, "--child", kind, json.dumps(kwargs)], env={**os.environ, **ENV},
-                     cwd=REPO)
+    proc = run_owned([sys.executable, __file__, "--child", kind, json.dumps(kwargs)],
+                     env={**os.environ, **ENV, **(env or {})}, cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             return json.loads(line.split(" ", 1)[1])
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the generate job's engine.backend (llm: the default)")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment of the job's engines (its runtime_env), e.g. VLLM_CPU_OMP_THREADS_BIND=auto")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment of the baseline's process, e.g. VLLM_ENABLE_V1_MULTIPROCESSING=0 "
+                         "(the job's in-process engine core, by hand)")
     # No seed by default, as in the seed example: vllm-cpu 0.32 fails seeded requests whose
     # prefill is split across steps ("CPU Generator does not use offset"), which one big
     # LLM.generate call does. The generate job avoids that split when a seed is set.
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     ppath = work / "prompts.jsonl"
     ppath.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(a.num_prompts)))
     common = {"model": model, "prompts_path": str(ppath), "max_tokens": a.max_tokens, "seed": a.seed}
-    base = _child("baseline", common)
+    base_env = dict(kv.split("=", 1) for kv in a.baseline_env)
+    base = _child("baseline", common, base_env)
     rw = _child("rayworks", {**common, "out": str(work / "out"), "replicas": a.replicas, "batch_size": a.batch_size,
                              "port_base": a.port_base, "backend": a.backend,
                              "engine_env": dict(kv.split("=", 1) for kv in a.engine_env)})
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
            "ratio_with_engine_start": tps(rw, True) / tps(base, True),
            "ratio_without_engine_start": tps(rw, False) / tps(base, False)}
     print(f"\nbench_generate: {a.num_prompts} prompts x <= {a.max_tokens} tokens, tiny Llama, vllm-cpu, "
-          f"{a.replicas} engine replica(s), backend {a.backend}, batch_size {a.batch_size}")
+          f"{a.replicas} engine replica(s), backend {a.backend}, batch_size {a.batch_size}"
+          + (f"; baseline env {base_env}" if base_env else ""))
     print(f"{'':34}{'LLM.generate':>14}{'rayworks':>14}{'ratio':>8}")
     print(f"{'output tokens':34}{base['output_tokens']:>14}{rw['output_tokens']:>14}")
     print(f"{'engine start (s)':34}{base['engine_start_s']:>14.1f}{rw['engine_start_s']:>14.1f}")

@@ -201,15 +201,18 @@ def test_llm_backend_stage_and_sampling(tmp_path):
                                  "max_concurrent_batches": 4})
     assert job.engine.backend == "llm" and job.engine.prompts_per_call == 64
     env = engine.engine_env(job)
-    # 2 CPUs: one math thread, and the scheduler process keeps the other
-    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and env["OMP_NUM_THREADS"] == "1"
+    # The engine core in the actor's process (no scheduler process): a math thread per reserved CPU
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and env["OMP_NUM_THREADS"] == "2"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     one = make(tmp_path, engine={"num_cpus_per_replica": 1})
     assert engine.engine_env(one)["OMP_NUM_THREADS"] == "1"
     # a user's runtime_env still wins
     job2 = make(tmp_path, runtime_env={"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}})
     assert engine.engine_env(job2)["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     rd = make(tmp_path, engine={"backend": "ray_data_llm"})
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in engine.engine_env(rd) and engine.engine_env(rd)["OMP_NUM_THREADS"] == "2"
+    rd_env = engine.engine_env(rd)  # ray.data.llm runs vLLM's async engine: its own processes, its own binding
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in rd_env and "VLLM_ENABLE_V1_MULTIPROCESSING" not in rd_env
+    assert rd_env["OMP_NUM_THREADS"] == "2"
 
     class Captured:
         def __init__(self):
@@ -223,7 +226,7 @@ def test_llm_backend_stage_and_sampling(tmp_path):
     assert engine.generate_stage(job, ds, seeded=True) is ds
     fn, kw = ds.args
     assert fn is engine.BatchGenerator and kw["batch_size"] == 64 and kw["concurrency"] == 2
-    assert kw["num_cpus"] == 2 and kw["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1"
+    assert kw["num_cpus"] == 2 and kw["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"
     assert kw["fn_constructor_kwargs"]["engine_kwargs"]["enable_chunked_prefill"] is False  # seeded on CPU
 
     gen = engine.BatchGenerator.__new__(engine.BatchGenerator)  # no engine: the sampling cache only

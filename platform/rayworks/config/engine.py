@@ -91,6 +91,24 @@ ENGINE_ACTOR_ENV = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFOR
                     "TOKENIZERS_PARALLELISM": "false"}
 
 
+def cpu_engine_env(num_cpus: float) -> dict[str, str]:
+    """Environment of a ``vllm.LLM`` that a Ray actor holds on CPU (embed, generate, the retriever).
+
+    - ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in the actor's own process.
+      By default vLLM spawns an engine-core process, which on CPU spawns a worker process:
+      two more interpreters that each import torch and vLLM (an engine start of ~23 s against
+      ~5 s in-process, tiny model, 2 cores) and a socket hop per engine step. The actor is
+      already a process of its own, and a step on CPU leaves nothing to overlap.
+    - ``VLLM_CPU_OMP_THREADS_BIND=nobind`` and one math thread per reserved CPU: Ray reserves
+      the CPUs and the OS places the threads; vLLM's "auto" binding pins every engine of a node
+      to the same cores and keeps one core for a scheduler process that no longer exists.
+
+    Measured by tests/bench/bench_generate.py (README, performance).
+    """
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
+
+
 def engine_actor_options(device: str, num_cpus_per_replica: float, accelerator_type: str | None,
                          env: dict[str, str]) -> dict[str, Any]:
     """Ray options of a Ray Data actor that holds one vLLM engine (embed and generate, backend llm):

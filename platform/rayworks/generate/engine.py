@@ -5,10 +5,9 @@ Backend ``llm`` (the default) is what one plain ``LLM.generate`` call does, per 
 batch of prompt token ids and their SamplingParams go to the engine in one call, so
 vLLM's scheduler sees all of them at once and the Python side costs nothing per token.
 Each call gets ``batch_size x max_concurrent_batches`` prompts, as many as the
-``ray.data.llm`` path keeps in flight. On CPU the engine runs ``num_cpus_per_replica - 1``
-math threads (at least one), unbound, and its scheduler process has the CPU left: vLLM's
-own binding ("auto") also keeps a core for the scheduler, but pins every engine of a node
-to the same cores.
+``ray.data.llm`` path keeps in flight. On CPU the engine core runs in the actor's own
+process with one unbound math thread per reserved CPU (``config.engine.cpu_engine_env``):
+no engine-core and worker processes to spawn, no socket hop per engine step.
 
 Backend ``ray_data_llm``: ``ray.data.llm``'s processor drives an async engine with one
 request per prompt. It places tensor-parallel engines in a placement group and can
@@ -33,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 
-from rayworks.config.engine import ENGINE_ACTOR_ENV, engine_actor_options
+from rayworks.config.engine import ENGINE_ACTOR_ENV, cpu_engine_env, engine_actor_options
 from rayworks.config.generate import GenerateJob
 
 
@@ -55,16 +54,10 @@ def engine_env(job: GenerateJob) -> dict[str, str]:
     """Environment of the engine actors."""
     env = {**ENGINE_ACTOR_ENV, **job.engine.vllm_env(on_cpu=job.engine.device == "cpu")}
     if job.engine.device == "cpu":
-        n = max(1, int(job.engine.num_cpus_per_replica))
         if job.engine.backend == "llm":
-            # Ray reserves the replica's CPUs and the OS places its threads (vLLM's "auto" binding
-            # would pin every engine of a node to the same core). Generation runs one engine step
-            # per token, so the scheduler process is busy too: it keeps one of the CPUs, as vLLM's
-            # binding does (tests/bench/bench_generate.py: 0.97 of LLM.generate, against 0.74 with
-            # every CPU a math thread).
-            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-            n = max(1, n - 1)
-        env["OMP_NUM_THREADS"] = str(n)
+            env.update(cpu_engine_env(job.engine.num_cpus_per_replica))
+        else:
+            env["OMP_NUM_THREADS"] = str(max(1, int(job.engine.num_cpus_per_replica)))
     env.update(job.runtime_env.env_vars)
     return env
 

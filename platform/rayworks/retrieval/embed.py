@@ -34,7 +34,7 @@ from collections import defaultdict
 from rayworks import artifacts, storage
 from rayworks.config.base import config_hash
 from rayworks.config.embed import EmbedJob
-from rayworks.config.engine import ENGINE_ACTOR_ENV, engine_actor_options
+from rayworks.config.engine import ENGINE_ACTOR_ENV, cpu_engine_env, engine_actor_options
 from rayworks.config.index import EMBED_COLUMNS, EMBED_PARTS_DIR
 from rayworks.errors import ConfigError
 from rayworks.retrieval import chunking
@@ -176,14 +176,10 @@ def engine_kwargs(job: EmbedJob) -> dict:
 def engine_env(job: EmbedJob) -> dict[str, str]:
     """The engine actors' environment."""
     e = job.engine
-    env = {**ENGINE_ACTOR_ENV, **e.vllm_env(on_cpu=e.device == "cpu"), **job.runtime_env.env_vars}
+    env = {**ENGINE_ACTOR_ENV, **e.vllm_env(on_cpu=e.device == "cpu")}
     if e.device == "cpu":
-        # vLLM's own CPU binding ("auto") pins every engine of a node to the same cores and keeps
-        # one core for its scheduler: replicas on one node would share one core. Ray reserves the
-        # replica's CPUs; the engine runs that many threads and the OS places them.
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        env["OMP_NUM_THREADS"] = str(max(1, int(e.num_cpus_per_replica)))
-    return env
+        env.update(cpu_engine_env(e.num_cpus_per_replica))
+    return {**env, **job.runtime_env.env_vars}
 
 
 class BatchEmbedder:

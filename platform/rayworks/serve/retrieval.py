@@ -22,6 +22,7 @@ import tempfile
 from typing import Any
 
 from rayworks import storage
+from rayworks.config.engine import cpu_engine_env
 from rayworks.config.index import (INDEX_FILE, IVFDATA_FILE, M_EMBEDDING, M_INDEX_TYPE, M_METRIC, M_SEARCH,
                                    META_DIR, VECTORS_DIR)
 from rayworks.serve.gate import RequestError, replay_body, rewriting_send
@@ -157,8 +158,8 @@ def retriever_app(settings: dict):
     sha = storage.sha256_file(storage.join(settings["index"], "manifest.json"))
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "VLLM_CPU_KVCACHE_SPACE": str(settings.get("cpu_kvcache_space_gb", 1)),
-           # One small engine per replica: run it in the replica's process, not a spawned one.
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(max(1, int(settings["num_cpus"])))}
+           # One small engine per replica, in the replica's process (config.engine.cpu_engine_env).
+           **cpu_engine_env(settings["num_cpus"])}
     dep = serve.deployment(Retriever, name=RETRIEVER_DEPLOYMENT).options(
         num_replicas=settings.get("num_replicas", 1), max_ongoing_requests=settings.get("max_ongoing_requests", 16),
         ray_actor_options={"num_cpus": settings["num_cpus"], "runtime_env": {"env_vars": env}},
