@@ -137,6 +137,31 @@ def run_rayworks(corpus: Path, tok_dir: Path, out: Path, seq_len: int, cores: in
     return m["counts"]["sequences"] * seq_len
 
 
+def make_inputs(corpus: str, size_mb: float, tok_dir: str, vocab_size: int) -> None:
+    """The bench's corpus (Python's own text) and tokenizer (a byte-level BPE on every 7th
+    document, up to 16 MB of text), each unless already there."""
+    from rayworks.data.corpus import build_python_docs
+    from rayworks.data.tokenizer import save_tokenizer, train_tokenizer
+
+    if not (Path(corpus) / "summary.json").is_file():
+        summary = build_python_docs(Path(corpus), size_mb=size_mb, shard_mb=16)
+        (Path(corpus) / "summary.json").write_text(json.dumps(summary))
+    if (Path(tok_dir) / "tokenizer.json").is_file():
+        return
+
+    cfg = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "extra_special_tokens": [],
+           "vocab_size": vocab_size, "min_frequency": 2}
+    sample, size = [], 0
+    docs = (json.loads(ln)["text"] for p in sorted(Path(corpus).glob("*.jsonl")) for ln in p.open())
+    for i, text in enumerate(docs):
+        if i % 7 == 0:
+            sample.append(text)
+            size += len(text)
+            if size > 16e6:
+                break
+    save_tokenizer(train_tokenizer(sample, cfg), tok_dir)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=100.0, help="corpus size (default 100)")
@@ -154,31 +179,27 @@ def main(argv: list[str] | None = None) -> dict:
                        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rayworks-bench-prep-"))
     work.mkdir(parents=True, exist_ok=True)
-    from rayworks.data.corpus import build_python_docs
-    from rayworks.data.tokenizer import save_tokenizer, train_tokenizer
 
     corpus = work / f"corpus-{args.size_mb:g}mb"
-    if not (corpus / "summary.json").is_file():
-        summary = build_python_docs(corpus, size_mb=args.size_mb, shard_mb=16)
-        (corpus / "summary.json").write_text(json.dumps(summary))
+    tok_dir = work / f"tokenizer-{args.vocab_size}"
+    if not (corpus / "summary.json").is_file() or not (tok_dir / "tokenizer.json").is_file():
+        # In a child process: what building the corpus and training a BPE on 16 MB leave in this
+        # process's heap would otherwise count in the peak memory of the runs below (the prep
+        # job's driver is this process).
+        import multiprocessing as mp
+
+        child = mp.get_context("spawn").Process(target=make_inputs,
+                                                args=(str(corpus), args.size_mb, str(tok_dir), args.vocab_size))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"building the bench corpus or tokenizer failed (exit {child.exitcode})")
     summary = json.loads((corpus / "summary.json").read_text())
+
     def documents():
         return (json.loads(ln)["text"] for p in sorted(corpus.glob("*.jsonl")) for ln in p.open())
 
     texts = list(documents()) if "ceiling" in runs else None
-    tok_dir = work / f"tokenizer-{args.vocab_size}"
-    if not (tok_dir / "tokenizer.json").is_file():
-        cfg = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "extra_special_tokens": [],
-               "vocab_size": args.vocab_size, "min_frequency": 2}
-        sample, size = [], 0
-        for i, text in enumerate(texts if texts is not None else documents()):
-            if i % 7 == 0:
-                sample.append(text)
-                size += len(text)
-                if size > 16e6:
-                    break
-        save_tokenizer(train_tokenizer(sample, cfg), str(tok_dir))
-        del sample
     print(f"corpus: {summary['documents']:,} documents, {summary['text_mb']:,.1f} MB of text; "
           f"{args.cores} cores; seq_len {args.seq_len}; vocab {args.vocab_size}", flush=True)
 

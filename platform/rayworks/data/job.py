@@ -353,7 +353,7 @@ def _tokenizer_stage(job, units, work, out, stats, workers, cpus) -> tuple[dict,
     if not storage.exists(marker):
         tcfg = job.tokenizer.model_dump()
         if job.tokenizer.path:
-            tok = tk.load_tokenizer(job.tokenizer.path, tcfg)
+            entry = _in_worker(tk.load_and_save, cpus, path=job.tokenizer.path, cfg=tcfg, out_uri=tok_dir)
         else:
             t0 = time.time()
             total_chars = sum(s["chars_kept"] for s in stats)
@@ -370,12 +370,35 @@ def _tokenizer_stage(job, units, work, out, stats, workers, cpus) -> tuple[dict,
                                   "check the inputs and clean.min_chars/max_chars")
             print(f"[prep] training a {job.tokenizer.vocab_size}-token byte-level BPE on {len(sample):,} documents "
                   f"({sum(map(len, sample)) / 1e6:,.1f} M chars)", flush=True)
-            tok = tk.train_tokenizer(sample, tcfg)
+            import ray
+
+            sample_ref = ray.put(sample)  # the worker reads it from the object store; the driver lets go
+            del sample, rows
+            entry = _in_worker(tk.train_and_save, cpus, texts=sample_ref, cfg=tcfg, out_uri=tok_dir)
             print(f"[prep] tokenizer trained in {time.time() - t0:,.1f}s", flush=True)
-        entry = tk.save_tokenizer(tok, tok_dir)
         storage.write_json(marker, entry)
     entry = storage.read_json(marker)
     return entry, storage.read_bytes(storage.join(tok_dir, "tokenizer.json"))
+
+
+def _in_worker(fn, cpus: float, **kwargs):
+    """``fn(**kwargs)`` in a Ray worker process that exits after it (``max_calls=1``).
+
+    The tokenizer stage needs ``transformers`` (the saved tokenizer is a
+    ``PreTrainedTokenizerFast`` directory), and importing it imports torch: about 500 MiB that
+    the driver would otherwise hold for the rest of the job, beside the pack workers. A
+    ConfigError raised there is raised here as itself.
+    """
+    import ray
+    from ray.exceptions import RayTaskError
+
+    task = ray.remote(num_cpus=cpus, max_calls=1, max_retries=0)(fn)
+    try:
+        return ray.get(task.remote(**kwargs))
+    except RayTaskError as e:
+        if isinstance(e.cause, ConfigError):
+            raise ConfigError(str(e.cause.args[0]) if e.cause.args else str(e.cause)) from None
+        raise
 
 
 def _sample(path: str, threshold: float, seed: int) -> list:

@@ -79,6 +79,16 @@ def save_tokenizer(tok, out_uri: str) -> dict:
             "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id}
 
 
+def load_and_save(path: str, cfg: dict, out_uri: str) -> dict:
+    """load_tokenizer, then save_tokenizer (one step, so the prep job runs it in a worker)."""
+    return save_tokenizer(load_tokenizer(path, cfg), out_uri)
+
+
+def train_and_save(texts: list[str], cfg: dict, out_uri: str) -> dict:
+    """train_tokenizer, then save_tokenizer (one step, so the prep job runs it in a worker)."""
+    return save_tokenizer(train_tokenizer(texts, cfg), out_uri)
+
+
 def backend(tokenizer_json: bytes):
     """The Rust ``tokenizers.Tokenizer`` behind a saved tokenizer.json (what workers encode with)."""
     from tokenizers import Tokenizer
