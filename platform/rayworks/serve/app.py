@@ -131,9 +131,9 @@ def build_app(args: dict):
         cfg = gated_llm_config(configs[0], gate)
         if rag:
             cfg.experimental_configs = {**cfg.experimental_configs, RAG_KEY: rag}
-        # Ray's router (HAProxy asks it which replica) is redeployed with every update; by default
-        # its old replica stops before the new one runs, and HAProxy answers 503 in between. Give it
-        # the engine's surge, so a rollout drops nothing.
+        # Ray's router (HAProxy asks it which replica) keeps a version (rayllm.router_version), so an
+        # update of the engine leaves it running; when its own options change it rolls with the
+        # engine's surge, the new replica up before the old one stops.
         return rayllm.direct_streaming_deployment(cfg, {
             "max_surge_percent": cfg.deployment_config["max_surge_percent"],
             "graceful_shutdown_timeout_s": cfg.deployment_config["graceful_shutdown_timeout_s"]}, bind or None)
