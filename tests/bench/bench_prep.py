@@ -137,6 +137,11 @@ def run_rayworks(corpus: Path, tok_dir: Path, out: Path, seq_len: int, cores: in
     return m["counts"]["sequences"] * seq_len
 
 
+def documents(corpus: Path):
+    """The corpus's document texts, in file order, read lazily."""
+    return (json.loads(ln)["text"] for p in sorted(corpus.glob("*.jsonl")) for ln in p.open())
+
+
 def make_inputs(corpus: str, size_mb: float, tok_dir: str, vocab_size: int) -> None:
     """The bench's corpus (Python's own text) and tokenizer (a byte-level BPE on every 7th
     document, up to 16 MB of text), each unless already there."""
@@ -152,8 +157,7 @@ def make_inputs(corpus: str, size_mb: float, tok_dir: str, vocab_size: int) -> N
     cfg = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "extra_special_tokens": [],
            "vocab_size": vocab_size, "min_frequency": 2}
     sample, size = [], 0
-    docs = (json.loads(ln)["text"] for p in sorted(Path(corpus).glob("*.jsonl")) for ln in p.open())
-    for i, text in enumerate(docs):
+    for i, text in enumerate(documents(Path(corpus))):
         if i % 7 == 0:
             sample.append(text)
             size += len(text)
@@ -195,11 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         if child.exitcode != 0:
             raise RuntimeError(f"building the bench corpus or tokenizer failed (exit {child.exitcode})")
     summary = json.loads((corpus / "summary.json").read_text())
-
-    def documents():
-        return (json.loads(ln)["text"] for p in sorted(corpus.glob("*.jsonl")) for ln in p.open())
-
-    texts = list(documents()) if "ceiling" in runs else None
+    texts = list(documents(corpus)) if "ceiling" in runs else None
     print(f"corpus: {summary['documents']:,} documents, {summary['text_mb']:,.1f} MB of text; "
           f"{args.cores} cores; seq_len {args.seq_len}; vocab {args.vocab_size}", flush=True)
 

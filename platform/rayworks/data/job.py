@@ -397,7 +397,7 @@ def _in_worker(fn, cpus: float, **kwargs):
         return ray.get(task.remote(**kwargs))
     except RayTaskError as e:
         if isinstance(e.cause, ConfigError):
-            raise ConfigError(str(e.cause.args[0]) if e.cause.args else str(e.cause)) from None
+            raise e.cause from None
         raise
 
 
