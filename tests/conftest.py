@@ -332,11 +332,12 @@ def pipeline_run(local_cluster, prometheus, tmp_path_factory):
     yield PipelineRun(pipe=str(pipe), keys=keys, started=started, first=first,
                       base_url=f"http://127.0.0.1:{local_cluster.serve_port}{ROUTE}")
     # The app lives as long as the session's e2e tests need it (no test depends on another's
-    # order); then its replica's CPUs go back before anything after it runs.
+    # order). The e2e tier runs last and the session cluster stops right after: the delete is
+    # asked for, not waited on (the replica's graceful shutdown would only delay that stop).
     import ray
     from ray import serve
 
     mlflow_server.down(local_cluster.spec, quiet=True)
     if not ray.is_initialized():
         ray.init(address=local_cluster.address, log_to_driver=False)
-    serve.delete(SERVE_APP)
+    serve.delete(SERVE_APP, _blocking=False)

@@ -231,9 +231,21 @@ def test_retrieval_panels_show_data(rag, dashboard_generator):
     assert not gone, "retrieval panels without data:\n" + "\n".join(gone)
 
 
-@pytest.mark.timeout(900)  # an index job, then new Retriever and engine replicas start beside the old ones
+def _replica_actors(deployment: str) -> set[str]:
+    """Actor ids of the live replicas of one deployment of the module's app (GCS's view)."""
+    from ray.util.state import list_actors
+
+    want = f"ServeReplica:rag-serve:{deployment}"
+    return {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10000,
+                                            raise_on_missing_output=False) if a.class_name == want}
+
+
+@pytest.mark.timeout(900)  # an index job, then a new Retriever replica starts beside the old one
 def test_new_index_rolls_out_without_a_failed_request(rag):
-    """Last in the module: the app moves to a second index while one client keeps querying it."""
+    """Last in the module: the app moves to a second index while one client keeps querying it.
+    Only the Retriever rolls: the engine replica and Ray's request router run nothing the index
+    changes, so they keep running (same Serve versions: rayworks.serve.rayllm.engine_version and
+    router_version, and the same runtime env: rayworks.serve.job.replica_code_env)."""
     old = json.loads((rag["storage"] / "index" / "rag-index" / "manifest.json").read_text())
     from rayworks.config.jobs import load_job_data
     from rayworks.retrieval.index import run as build_index
@@ -259,6 +271,9 @@ def test_new_index_rolls_out_without_a_failed_request(rag):
                 results.append((-1, repr(exc), None))
             time.sleep(0.2)
 
+    engines, retrievers = _replica_actors("GatedLLMServer:tiny"), _replica_actors("Retriever")
+    routers = _replica_actors("LLMRouter")
+    assert len(engines) == 1 and len(retrievers) == 1 and len(routers) == 1, (engines, retrievers, routers)
     t = threading.Thread(target=load)
     t.start()
     try:
@@ -274,6 +289,9 @@ def test_new_index_rolls_out_without_a_failed_request(rag):
         t.join()
     failed = [r for r in results if r[0] != 200]
     assert not failed, f"{len(failed)} of {len(results)} requests failed during the rollout: {failed[:3]}"
+    # The same engine and router replicas, never restarted; only the Retriever rolled.
+    assert _replica_actors("GatedLLMServer:tiny") == engines and _replica_actors("LLMRouter") == routers
+    assert len(new_retrievers := _replica_actors("Retriever")) == 1 and not new_retrievers & retrievers
     fps = [r[1] for r in results]
     assert fps[0] == old["fingerprint"] and fps[-1] == new["fingerprint"], (fps[:2], fps[-2:])
     assert set(fps) == {old["fingerprint"], new["fingerprint"]}

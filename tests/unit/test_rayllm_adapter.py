@@ -76,3 +76,44 @@ def test_router_keeps_its_version_when_only_the_engine_changes():
 def test_missing_names_a_private_argument_that_is_gone(monkeypatch):
     monkeypatch.setattr(rayllm, "PRIVATE_ARGS", (("ray.serve.deployment", "Deployment", "options", "_no_such_arg"),))
     assert "ray.serve.deployment.Deployment.options(_no_such_arg=)" in rayllm.missing()
+
+
+def test_engine_keeps_its_version_through_an_update_that_changes_nothing_it_runs():
+    """An update that attaches another index or scales keeps the running engines (Serve applies
+    the replica count in place); a new model, a changed setting or key, restarts them."""
+    from ray.serve.llm import LLMConfig
+
+    def cfg(replicas=1, max_model_len=256, key_sha="k1", rag_k=3):
+        return LLMConfig(model_loading_config={"model_id": "m", "model_source": "/exports/m"},
+                         engine_kwargs={"max_model_len": max_model_len},
+                         deployment_config={"max_surge_percent": 100, "graceful_shutdown_timeout_s": 30,
+                                            "autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas}},
+                         experimental_configs={"rayworks_gate": {"api_key_sha256": [key_sha]},
+                                               "rayworks_retrieval": {"top_k": rag_k}})
+
+    inputs = {"model_sha256": "a" * 64, "keys_file_sha256": None}
+    base = rayllm.engine_version(cfg(), inputs)
+    assert base and base.startswith("rw-engine-")
+    assert rayllm.engine_version(cfg(), dict(inputs)) == base  # the same model and config: kept
+    assert rayllm.engine_version(cfg(replicas=3), inputs) == base  # scaling: applied in place
+    for other in (rayllm.engine_version(cfg(), {**inputs, "model_sha256": "b" * 64}),  # new weights, same path
+                  rayllm.engine_version(cfg(), {**inputs, "keys_file_sha256": "c" * 64}),  # key file rotated
+                  rayllm.engine_version(cfg(key_sha="k2"), inputs),  # key in the env rotated
+                  rayllm.engine_version(cfg(max_model_len=512), inputs),
+                  rayllm.engine_version(cfg(rag_k=5), inputs)):
+        assert other and other != base
+    # The replicas get the package from py_modules, not the job's working_dir (its staged config,
+    # new with each submission, which would change their runtime env and so restart them).
+    from rayworks.serve.job import replica_code_env
+
+    env = {"working_dir": "gcs://_ray_pkg_job1.zip", "py_modules": ["gcs://_ray_pkg_rayworks.zip"]}
+    assert replica_code_env(env) == {"py_modules": ["gcs://_ray_pkg_rayworks.zip"], "working_dir": None}
+    assert replica_code_env({"working_dir": "gcs://_ray_pkg_checkout.zip"}) == {"working_dir": "gcs://_ray_pkg_checkout.zip"}
+    assert replica_code_env({}) == {}
+    # A model folder rayworks did not export has no manifest to hash: no version, restarts every time.
+    assert rayllm.engine_version(cfg(), {"model_sha256": None}) is None
+    assert rayllm.engine_version(cfg(), None) is None
+    app = rayllm.direct_streaming_deployment(cfg(), {"max_surge_percent": 100}, None, inputs)
+    assert app._bound_deployment.version == base and rayllm.engine_versions(app) == {"m": base}
+    ingress = rayllm.ingress_deployment([cfg()], rayllm.ingress_fastapi_app(), {}, None, {"m": inputs})
+    assert rayllm.engine_versions(ingress) == {"m": base}

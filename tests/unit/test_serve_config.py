@@ -321,3 +321,31 @@ def test_serve_and_generate_render_the_same_engine_settings(tmp_path):
     assert served["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "3" == gen.vllm_env(True)["VLLM_CPU_KVCACHE_SPACE"]
     gpu = EngineSpec.model_validate({**block, "device": "gpu", "gpu_memory_utilization": 0.5})
     assert gpu.vllm_kwargs(on_cpu=False)["gpu_memory_utilization"] == 0.5 and gpu.vllm_env(False) == {}
+
+
+def test_engine_inputs_change_with_the_model_files_and_the_key_file(tmp_path):
+    """What the serve job hashes into the engine's Serve version (rayllm.engine_version): the export's
+    manifest, else a plain folder's files; the key file. A rewritten weight file changes it."""
+    from rayworks.serve.job import engine_inputs
+
+    job = load_job(write_job(tmp_path))
+    first = engine_inputs(job)["tiny"]
+    export = tmp_path / "export"
+    want = __import__("hashlib").sha256((export / "rayworks_export.json").read_bytes()).hexdigest()
+    assert first == {"model_sha256": want, "keys_file_sha256": None}
+    (export / "rayworks_export.json").unlink()  # a folder rayworks did not export: its files' stats
+    plain = engine_inputs(job)["tiny"]["model_sha256"]
+    assert plain.startswith("files:") and engine_inputs(job)["tiny"]["model_sha256"] == plain
+    st = os.stat(export / "model.safetensors")
+    (export / "model.safetensors").write_bytes(b"new weights")
+    os.utime(export / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert engine_inputs(job)["tiny"]["model_sha256"] not in (plain, None)
+    keys = tmp_path / "keys"
+    keys.write_text("k1\n")
+    with_file = load_job(write_job(tmp_path, auth={"api_keys_file": str(keys)}))
+    a = engine_inputs(with_file)["tiny"]["keys_file_sha256"]
+    keys.write_text("k2\n")
+    assert a and engine_inputs(with_file)["tiny"]["keys_file_sha256"] not in (a, None)
+    # A remote folder without a manifest: nothing cheap to hash, so no version (restarts every update).
+    hub = load_job(write_job(tmp_path, models=[{"id": "m", "source": "s3://bucket/model"}]))
+    assert engine_inputs(hub)["m"]["model_sha256"] is None

@@ -107,7 +107,8 @@ def build_app(args: dict):
     Args:
         args: ``llm_configs`` (LLMConfig dicts), ``models`` (id -> max_model_len),
             ``auth`` (api_keys_env / api_keys_file), ``run``, ``direct_streaming``,
-            ``ingress`` (Serve deployment options for the ingress).
+            ``ingress`` (Serve deployment options for the ingress), ``engine_inputs`` (model id ->
+            the sha256 of what its replicas read at start; optional).
 
     Returns:
         The bound Serve application.
@@ -118,6 +119,9 @@ def build_app(args: dict):
 
     gate = _gate_kwargs(args)
     configs = [LLMConfig.model_validate(c) for c in args["llm_configs"]]
+    # What each model's replicas read at start (the serve job fills it in; absent from a rendered
+    # Serve config): engines keep running through an update that changes none of it (rayllm.engine_version).
+    inputs = args.get("engine_inputs") or {}
     bind, rag = {}, None
     if args.get("retrieval"):
         from rayworks.serve.retrieval import middleware_settings, retriever_app
@@ -136,5 +140,6 @@ def build_app(args: dict):
         # engine's surge, the new replica up before the old one stops.
         return rayllm.direct_streaming_deployment(cfg, {
             "max_surge_percent": cfg.deployment_config["max_surge_percent"],
-            "graceful_shutdown_timeout_s": cfg.deployment_config["graceful_shutdown_timeout_s"]}, bind or None)
-    return rayllm.ingress_deployment(configs, ingress_app(gate, rag), args.get("ingress") or {}, bind or None)
+            "graceful_shutdown_timeout_s": cfg.deployment_config["graceful_shutdown_timeout_s"]}, bind or None,
+            inputs.get(cfg.model_id))
+    return rayllm.ingress_deployment(configs, ingress_app(gate, rag), args.get("ingress") or {}, bind or None, inputs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+from rayworks import storage
 from rayworks.config.serve import ServeJob
 from rayworks.errors import ConfigError, RayworksError
 from rayworks.serve import manifest as mf
@@ -43,18 +44,34 @@ def _check_on_cluster(job: ServeJob) -> None:
 def _direct_streaming_env(args: dict) -> None:
     """Direct streaming: the engine replica serves HTTP itself (vLLM's app behind our gate).
 
-    The flag must be set before Ray Serve LLM is imported here (it reads it at import), and
-    the replicas need this job's code (py_modules / working_dir) to load the gate.
+    The flag must be set before Ray Serve LLM is imported here (it reads it at import).
     """
+    os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
+
+
+def _replica_code(args: dict) -> None:
+    """Gives the engine and Retriever replicas this job's code (:func:`replica_code_env`)."""
     import ray
 
-    os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
-    job_env = ray.get_runtime_context().runtime_env or {}
+    code = replica_code_env(ray.get_runtime_context().runtime_env or {})
     for cfg in args["llm_configs"]:
-        renv = cfg.setdefault("runtime_env", {})
-        for k in ("py_modules", "working_dir"):
-            if job_env.get(k):
-                renv[k] = job_env[k]
+        cfg.setdefault("runtime_env", {}).update(code)
+    if args.get("retrieval"):
+        args["retrieval"]["code_env"] = code
+
+
+def replica_code_env(job_env: dict) -> dict:
+    """Where the replicas find rayworks: the job's ``py_modules`` (what `rayworks submit` ships),
+    else its ``working_dir`` (a plain ``ray job submit`` of a checkout).
+
+    With ``py_modules``, ``working_dir`` is set to None (none): `rayworks submit`'s working_dir
+    holds only the job's staged config, new with every submission, and Serve gives it to every
+    deployment that names no working_dir of its own. A changed runtime env is a new actor, so
+    each update would restart every replica whatever its version says (rayllm.engine_version).
+    """
+    if job_env.get("py_modules"):
+        return {"py_modules": job_env["py_modules"], "working_dir": None}
+    return {"working_dir": job_env["working_dir"]} if job_env.get("working_dir") else {}
 
 
 def ha_proxy_on() -> bool:
@@ -89,6 +106,31 @@ def wait_healthy(app_name: str, timeout_s: float) -> dict:
         time.sleep(2.0)
 
 
+def engine_inputs(job: ServeJob) -> dict[str, dict]:
+    """Model id -> the sha256 of what its engine replicas read when they start: the model's export
+    manifest (which hashes each file), else, for a local folder without one, each file's path,
+    size and mtime; and the API key file. A model with neither (a remote folder rayworks did not
+    export) restarts its engines on every update (rayworks.serve.rayllm.engine_version)."""
+    keys = storage.sha256_file(job.auth.api_keys_file) if job.auth.api_keys_file else None
+    return {i["model"]: {"model_sha256": i["sha256"] or _files_fingerprint(i["source"]), "keys_file_sha256": keys}
+            for i in mf.inputs(job) if i["role"] == "model"}
+
+
+def _files_fingerprint(path: str) -> str | None:
+    """sha256 over (relative path, size, mtime) of every file of a local folder; None otherwise."""
+    import hashlib
+
+    if storage.is_uri(path) or not os.path.isdir(path):
+        return None
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for f in sorted(files):
+            st = os.stat(os.path.join(root, f))
+            h.update(f"{os.path.relpath(os.path.join(root, f), path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return "files:" + h.hexdigest()
+
+
 def run(job: ServeJob) -> dict:
     """Deploys the job's app (a rolling update if it exists) and returns the manifest."""
     _check_on_cluster(job)
@@ -105,12 +147,14 @@ def run(job: ServeJob) -> dict:
         # runtime env of its own only the job's working_dir), so the gate gets the keys' sha256
         # digests: never the keys themselves, which would show in Serve's config and logs.
         args["auth"]["api_key_sha256"] = key_digests(os.environ[job.auth.api_keys_env])
+    args["engine_inputs"] = engine_inputs(job)
     import ray
 
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     if direct:
         _direct_streaming_env(args)
+    _replica_code(args)
     from ray import serve
 
     from rayworks.serve import rayllm
@@ -123,8 +167,12 @@ def run(job: ServeJob) -> dict:
     print(f"{'updating' if existing else 'deploying'} app {job.serve_app_name!r} "
           f"({'direct streaming from vLLM' if direct else 'Ray Serve LLM ingress'}): "
           + ", ".join(f"{m.id} <- {m.source}" for m in job.models), flush=True)
+    app = build_app(args)
+    for m, v in rayllm.engine_versions(app).items():  # an update keeps the engines whose version it keeps
+        print(f"  engine {m}: version {v or 'none (restarts on every update: no model manifest to hash)'}",
+              flush=True)
     t0 = time.time()
-    rayllm.run_nonblocking(build_app(args), name=job.serve_app_name, route_prefix=job.http.route_prefix)
+    rayllm.run_nonblocking(app, name=job.serve_app_name, route_prefix=job.http.route_prefix)
     deployments = wait_healthy(job.serve_app_name, job.deploy_timeout_s)
     took = time.time() - t0
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{job.http.route_prefix.rstrip('/')}"

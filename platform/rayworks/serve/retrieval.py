@@ -162,7 +162,9 @@ def retriever_app(settings: dict):
            **cpu_engine_env(settings["num_cpus"])}
     dep = serve.deployment(Retriever, name=RETRIEVER_DEPLOYMENT).options(
         num_replicas=settings.get("num_replicas", 1), max_ongoing_requests=settings.get("max_ongoing_requests", 16),
-        ray_actor_options={"num_cpus": settings["num_cpus"], "runtime_env": {"env_vars": env}},
+        # code_env: the job's code, and no working_dir of the job's (serve.job.replica_code_env).
+        ray_actor_options={"num_cpus": settings["num_cpus"],
+                           "runtime_env": {**settings.get("code_env", {}), "env_vars": env}},
         max_surge_percent=settings.get("max_surge_percent", 100),
         graceful_shutdown_timeout_s=settings.get("graceful_shutdown_timeout_s", 30))
     return dep.bind(settings["index"], sha)
