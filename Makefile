@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -c "from transformers import LlamaConfig; import ray, deepspeed, vllm; print('stack ok: ray', ray.__version__)"
 	@# On CPU, DeepSpeed compiles its shared-memory comm op (a C++ extension, cached under
 	@# ~/.cache/torch_extensions) the first time a training job starts: ~30 s on 2 cores inside the
-	@# first `make demo` or test run. Built here once instead, with DeepSpeed's own function.
-	@[ "$(EXTRA)" != cpu ] || DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>&1 | tail -1
+	@# first `make demo` or test run. Built here once instead, with DeepSpeed's own function and the
+	@# venv's ninja, the one on a rayworks node's PATH: ninja 1.12+ hashes build commands differently,
+	@# so a build by another ninja (a system one) in the same cache folder is rebuilt by the next.
+	@[ "$(EXTRA)" != cpu ] || PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DS_ACCELERATOR=cpu \
+	  $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>&1 | tail -1
 	@# Prometheus for `rayworks monitor up` and the dashboard tests (Debian package).
 	@command -v prometheus >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -q prometheus >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null)) \
