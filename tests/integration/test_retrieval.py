@@ -27,6 +27,7 @@ import pytest
 import requests
 import yaml
 
+from serveactors import replaced, replica_actors
 from tinymodel import make_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -232,12 +233,7 @@ def test_retrieval_panels_show_data(rag, dashboard_generator):
 
 
 def _replica_actors(deployment: str) -> set[str]:
-    """Actor ids of the live replicas of one deployment of the module's app (GCS's view)."""
-    from ray.util.state import list_actors
-
-    want = f"ServeReplica:rag-serve:{deployment}"
-    return {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10000,
-                                            raise_on_missing_output=False) if a.class_name == want}
+    return replica_actors("rag-serve", deployment)
 
 
 @pytest.mark.timeout(900)  # an index job, then a new Retriever replica starts beside the old one
@@ -291,7 +287,7 @@ def test_new_index_rolls_out_without_a_failed_request(rag):
     assert not failed, f"{len(failed)} of {len(results)} requests failed during the rollout: {failed[:3]}"
     # The same engine and router replicas, never restarted; only the Retriever rolled.
     assert _replica_actors("GatedLLMServer:tiny") == engines and _replica_actors("LLMRouter") == routers
-    assert len(new_retrievers := _replica_actors("Retriever")) == 1 and not new_retrievers & retrievers
+    assert len(replaced("rag-serve", "Retriever", retrievers)) == 1
     fps = [r[1] for r in results]
     assert fps[0] == old["fingerprint"] and fps[-1] == new["fingerprint"], (fps[:2], fps[-2:])
     assert set(fps) == {old["fingerprint"], new["fingerprint"]}

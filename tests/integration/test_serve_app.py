@@ -26,6 +26,7 @@ import pytest
 import requests
 import yaml
 
+from serveactors import replaced, replica_actors
 from tinymodel import make_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -288,6 +289,8 @@ def test_rollout_drops_no_request(served):
 
     # One steady stream (a request at a time, back to back): every request during the update must
     # succeed. More streams would only keep a core busy while the new engine starts on 2 cores.
+    engines, routers = replica_actors("svtest", "GatedLLMServer:tiny"), replica_actors("svtest", "LLMRouter")
+    assert len(engines) == 1 and len(routers) == 1, (engines, routers)
     threads = [threading.Thread(target=load)]
     for t in threads:
         t.start()
@@ -309,6 +312,10 @@ def test_rollout_drops_no_request(served):
     texts = [t for _, t in results]
     assert texts[0] == served["want_v1"] and texts[-1] == served["want_v2"], (texts[:3], texts[-3:])
     assert set(texts) == {served["want_v1"], served["want_v2"]}
+    # New weights: a new engine replica. Ray's request router, which HAProxy asks for a replica, is
+    # the one from before (its version and runtime env are unchanged): no window without a router.
+    assert len(replaced("svtest", "GatedLLMServer:tiny", engines)) == 1
+    assert replica_actors("svtest", "LLMRouter") == routers
 
 
 def test_the_api_key_appears_nowhere(served):
