@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      ("rayworks_verify", lambda: run_rayworks(root, n_units, unit_docs, args.cores, True))]
             for name, fn in (sides[4:] if args.rayworks_only else sides[args.no_spacy:]):
                 t0 = time.time()
-                before = PeakMemory()._sample()
+                before = PeakMemory()._sample()[0]
                 with PeakMemory(0.2) as mem:
                     sets[name] = fn()
                 dt = time.time() - t0

@@ -40,23 +40,39 @@ MIN_CHARS, MAX_CHARS = 64, 200_000
 
 
 class PeakMemory:
-    """Samples the PSS (RSS where PSS is unavailable) of this process tree in a thread."""
+    """Samples the PSS (RSS where PSS is unavailable) of this process tree in a thread.
+
+    ``at_peak`` keeps what each process held at the peak (its title, e.g. ``raylet`` or
+    ``ray::_call``, and bytes), so a report can say where the memory went.
+    """
 
     def __init__(self, interval_s: float = 0.5):
         self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self.at_peak: list[tuple[str, int]] = []
+        self.peak_at_s = 0.0
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, list[tuple[str, int]]]:
         import psutil
 
         me = psutil.Process()
-        total = 0
+        procs = []
         for p in [me] + me.children(recursive=True):
             try:
                 mi = p.memory_full_info()
-                total += getattr(mi, "pss", mi.rss)
+                title = "bench driver" if p.pid == me.pid else (p.cmdline() or [p.name()])[0]
+                procs.append((os.path.basename(title.split()[0]) if title else p.name(), getattr(mi, "pss", mi.rss)))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-        return total
+        return sum(b for _, b in procs), procs
+
+    def breakdown(self) -> str:
+        """``title xN: MiB`` per process title at the peak, largest first."""
+        by: dict[str, list[int]] = {}
+        for title, b in self.at_peak:
+            by.setdefault(title, []).append(b)
+        rows = sorted(by.items(), key=lambda kv: -sum(kv[1]))
+        return f"{self.peak_at_s:.0f} s in: " + ", ".join(f"{t} x{len(bs)}: {sum(bs) / 2**20:,.0f} MiB"
+                                                     for t, bs in rows)
 
     def __enter__(self):
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -64,8 +80,11 @@ class PeakMemory:
         return self
 
     def _run(self):
+        t0 = time.time()
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            total, procs = self._sample()
+            if total > self.peak:
+                self.peak, self.at_peak, self.peak_at_s = total, procs, time.time() - t0
             self._stop.wait(self.interval_s)
 
     def __exit__(self, *exc):
@@ -230,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = {"tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt, "peak_mem_gb": mem.peak / 2**30}
         print(f"{name:>9}: {tokens:>12,} tokens in {dt:7.1f}s = {tokens / dt:>10,.0f} tokens/s; "
               f"peak memory {mem.peak / 2**30:.2f} GiB", flush=True)
+        print(f"{'':>9}  at the peak: {mem.breakdown()}", flush=True)
     del texts
     r = results
     results["ratios"] = {f"rayworks/{b}": r["rayworks"]["tokens_per_s"] / r[b]["tokens_per_s"]

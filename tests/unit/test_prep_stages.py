@@ -230,6 +230,34 @@ def test_encode_stream_puts_eos_after_each_document(tok_json):
     assert ids.dtype == np.int32 and (ids == 0).sum() == 2 and ids[-1] == 0
 
 
+def test_encode_batches_keep_order_and_bounds_and_do_not_change_the_ids(tok_json, monkeypatch):
+    from rayworks.data import pack
+    from rayworks.data.tokenizer import backend
+
+    d, _ = tok_json
+    tj = (d / "tokenizer.json").read_bytes()
+    texts = [f"document number {i} says hello " * (1 + i % 7) for i in range(50)] + ["x" * 500]
+    whole = encode_stream(backend(tj), texts, 0)
+    monkeypatch.setattr(pack, "ENCODE_CHARS", 200)
+    monkeypatch.setattr(pack, "ENCODE_BATCH", 4)
+    batches = list(pack._batches(texts))
+    assert [t for b in batches for t in b] == texts and len(batches) > len(texts) // 4
+    assert all(len(b) <= 4 and (len(b) == 1 or sum(map(len, b)) <= 200) for b in batches)
+    assert batches[-1] == ["x" * 500]  # longer than the budget: goes alone
+    lengths: list[int] = []
+    assert np.array_equal(encode_stream(backend(tj), texts, 0, lengths), whole) and sum(lengths) == len(whole)
+
+
+def test_a_worker_builds_one_tokenizer_per_tokenizer_json(tok_json):
+    from rayworks.data.tokenizer import backend
+
+    d, _ = tok_json
+    tj = (d / "tokenizer.json").read_bytes()
+    assert backend(bytes(bytearray(tj))) is backend(bytes(bytearray(tj)))  # each unit brings its own copy
+    other = tj.replace(b'"<|pad|>"', b'"<|pad2|>"')
+    assert backend(other) is not backend(tj)
+
+
 def test_entropy_of_uniform_and_degenerate():
     assert entropy_nats(np.array([5, 5, 5, 5])) == pytest.approx(np.log(4))
     assert entropy_nats(np.array([0, 7, 0])) == 0.0

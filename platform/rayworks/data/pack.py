@@ -26,7 +26,8 @@ from rayworks import storage
 from rayworks.data.clean import score
 from rayworks.data.dedup import dropped_keys_for_unit
 
-ENCODE_BATCH = 1024
+ENCODE_BATCH = 1024  # documents per encode_batch call, at most
+ENCODE_CHARS = 1 << 20  # and about this much text: its Encodings (~100 B a token) are what a worker peaks on
 SPLITS = ("train", "val")
 DOC_INDEX_DIR = "documents"
 
@@ -53,13 +54,26 @@ def encode_stream(tok, texts: list[str], eos_id: int, lengths: list[int] | None 
     """
     parts = []
     eos = np.array([eos_id], dtype=np.int32)
-    for i in range(0, len(texts), ENCODE_BATCH):
-        for enc in tok.encode_batch_fast(texts[i:i + ENCODE_BATCH], add_special_tokens=False):
+    for batch in _batches(texts):
+        for enc in tok.encode_batch_fast(batch, add_special_tokens=False):
             parts.append(np.asarray(enc.ids, dtype=np.int32))
             parts.append(eos)
             if lengths is not None:
                 lengths.append(len(enc.ids) + 1)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _batches(texts: list[str]):
+    """``texts`` in order, cut into runs of at most ENCODE_BATCH documents and about ENCODE_CHARS
+    characters (a longer document goes alone)."""
+    start, chars = 0, 0
+    for i, t in enumerate(texts):
+        if i > start and (i - start >= ENCODE_BATCH or chars + len(t) > ENCODE_CHARS):
+            yield texts[start:i]
+            start, chars = i, 0
+        chars += len(t)
+    if start < len(texts):
+        yield texts[start:]
 
 
 DOC_INDEX_COLUMNS = ("lang", "lang_score")  # carried from the cleaned documents when present
