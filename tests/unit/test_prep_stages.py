@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -174,6 +176,23 @@ def test_tokenizer_is_a_loadable_chat_capable_hf_dir(tok_json):
     assert entry["eos_token_id"] == tok.eos_token_id and entry["pad_token_id"] == tok.pad_token_id
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|user|>\nhi\n<|assistant|>\n"
+
+
+def test_loading_a_plain_fast_tokenizer_skips_torch_and_saves_what_autotokenizer_would(tmp_path, tok_json):
+    from transformers import AutoTokenizer
+
+    from rayworks.data.tokenizer import load_and_save, save_tokenizer
+
+    d, _ = tok_json
+    code = ("import json, sys; from rayworks.data.tokenizer import load_and_save; "
+            f"e = load_and_save({str(d)!r}, {{}}, {str(tmp_path / 'light')!r}); "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'sha256': e['sha256']}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=100)
+    light = json.loads(out.stdout.strip().splitlines()[-1])
+    assert light["torch"] is False
+    assert light["sha256"] == save_tokenizer(AutoTokenizer.from_pretrained(str(d), local_files_only=True),
+                                             str(tmp_path / "auto"))["sha256"]
+    assert load_and_save(str(d), {}, str(tmp_path / "here"))["sha256"] == light["sha256"]
 
 
 def test_pack_unit_rows_tails_and_split(tmp_path, tok_json):
