@@ -15,7 +15,9 @@ once here) and report tokens/s over wall time:
    local Ray instance with one worker per core.
 
 Peak memory is the largest sum of proportional set sizes (PSS) of this process and
-all its children (Ray's workers included) seen during each run. Nothing is asserted.
+all its children (Ray's workers included) seen during each run; the line under it says
+when the peak came and what each process title (``ray::Map(_call)``, ``raylet``, ...)
+held then. Nothing is asserted.
 """
 
 from __future__ import annotations
