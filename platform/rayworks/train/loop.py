@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,9 +178,26 @@ def check_extension_locks(max_age_s: float = STALE_LOCK_S) -> None:
                 f"on this node is starting right now, remove it (rm {lock}) and resubmit")
 
 
+def own_ninja_first() -> None:
+    """Puts this Python's ``bin`` folder first on PATH when it holds ``ninja``.
+
+    torch's cpp_extension builds DeepSpeed's JIT ops (on CPU, the shared-memory comm op) with
+    the first ``ninja`` on PATH. ninja 1.12+ hashes build commands differently from older
+    ones, so a library built by one is rebuilt by the other (~30 s on 2 cores, every time the
+    two alternate). ``make setup`` and ``rayworks up`` use the venv's; a cluster started
+    another way (``ray start``, or ``ray.init`` from a shell without the venv on PATH) found
+    the system's and rebuilt in each training job.
+    """
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.isfile(os.path.join(bindir, "ninja")) and path.split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + os.pathsep + path
+
+
 def train_loop(cfg: LoopConfig) -> None:
     """Ray Train's train_loop_per_worker (bound to ``cfg`` with functools.partial by the driver)."""
     check_extension_locks()
+    own_ninja_first()
     if not cfg.use_gpu:
         # Before the first deepspeed import: it picks its accelerator at import time (STACK.md pitfall 4).
         os.environ["DS_ACCELERATOR"] = "cpu"
