@@ -117,13 +117,13 @@ def wait_http(url: str, timeout_s: float = 900, key: str | None = None,
     raise TimeoutError(f"{url} not up after {timeout_s}s")
 
 
-def run_vllm(model: str) -> dict:
+def run_vllm(model: str, extra_env: dict[str, str] | None = None) -> dict:
     port = BASE
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
            "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(ENGINE["max_model_len"]),
            "--dtype", ENGINE["dtype"], "--enforce-eager", "--api-key", KEY]
     log_path = Path(tempfile.gettempdir()) / f"bench_serve_vllm_{port}.log"
-    with open(log_path, "w") as log, owned(cmd, env={**os.environ, **ENV}, stdout=log,
+    with open(log_path, "w") as log, owned(cmd, env={**os.environ, **ENV, **(extra_env or {})}, stdout=log,
                                            stderr=subprocess.STDOUT) as proc:
         wait_http(f"http://127.0.0.1:{port}", key=KEY, proc=proc, log=log_path)
         return asyncio.run(load(f"http://127.0.0.1:{port}", KEY))
@@ -172,9 +172,9 @@ def run_rayworks(model: str, ha_proxy: bool) -> dict:
         ray.shutdown()
 
 
-def one(setup: str, model: str) -> None:
+def one(setup: str, model: str, baseline_env: dict[str, str]) -> None:
     """Child process: run one setup, print its JSON result on the last line."""
-    res = run_vllm(model) if SETUPS[setup] is None else run_rayworks(model, SETUPS[setup])
+    res = run_vllm(model, baseline_env) if SETUPS[setup] is None else run_rayworks(model, SETUPS[setup])
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -183,10 +183,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--model", default=os.environ.get("RAYWORKS_BENCH_MODEL"))
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for vLLM's server only, e.g. VLLM_CPU_OMP_THREADS_BIND=nobind and "
+                         "OMP_NUM_THREADS=2: on CPU vLLM's default binding keeps a core for a scheduler")
     a = ap.parse_args(argv)
+    bad = [kv for kv in a.baseline_env if "=" not in kv]
+    if bad:
+        ap.error(f"--baseline-env {bad[0]!r}: give KEY=VALUE")
     install()
     if a.one:
-        one(a.one, a.model)
+        one(a.one, a.model, dict(kv.split("=", 1) for kv in a.baseline_env))
         return {}
     model = a.model
     if not model:
@@ -197,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for s in a.setups:
         t0 = time.time()
-        proc = run_owned([sys.executable, __file__, "--one", s, "--model", model], env={**os.environ, **ENV})
+        extra = [f"--baseline-env={kv}" for kv in a.baseline_env] if SETUPS[s] is None else []
+        proc = run_owned([sys.executable, __file__, "--one", s, "--model", model, *extra], env={**os.environ, **ENV})
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(f"{s}: failed (rc {proc.returncode})\n{proc.stderr[-2000:]}")
@@ -205,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[s] = json.loads(line[-1][7:])
         print(f"{s}: done in {time.time() - t0:.0f}s", flush=True)
     base = results.get("vllm")
-    print(f"\nserving overhead: {STREAMS} streams x {MAX_TOKENS} tokens, {REQUESTS} requests, model {model}")
+    print(f"\nserving overhead: {STREAMS} streams x {MAX_TOKENS} tokens, {REQUESTS} requests, model {model}"
+          + (f"; vLLM's server with {' '.join(a.baseline_env)}" if a.baseline_env else ""))
     print("TTFT under load: p50/p90 over the 160 loaded requests; idle: p50 of "
           f"{IDLE_PROBES} one-at-a-time requests (the path's own latency); added = minus vLLM's")
     print(f"{'setup':18} {'out tok/s':>10} {'ratio':>6} {'p50 load ms':>12} {'added':>7} {'p90 load ms':>12} "
