@@ -12,7 +12,7 @@ import). CPU-sized command (about 8-10 min on 2 cores):
     python tests/bench/bench_serve.py                       # all setups
     python tests/bench/bench_serve.py --setups vllm rayworks
     python tests/bench/bench_serve.py --setups vllm rayworks \
-        --baseline-env VLLM_CPU_OMP_THREADS_BIND=nobind --baseline-env OMP_NUM_THREADS=2  # like for like
+        --baseline-env VLLM_CPU_OMP_THREADS_BIND=nobind --baseline-env OMP_NUM_THREADS=2  # vLLM on both cores
     RAYWORKS_BENCH_MODEL=artifacts/train/tiny/export python tests/bench/bench_serve.py
 
 Ports: RAYWORKS_TEST_PORT_BASE (default 27000) + 60..79.
