@@ -113,8 +113,8 @@ def backend(tokenizer_json: bytes):
     """The Rust ``tokenizers.Tokenizer`` behind a saved tokenizer.json (what workers encode with).
 
     One per process and tokenizer: a worker packs many units, and each ``Tokenizer`` it builds
-    keeps about 8 MiB after it is dropped (measured with tokenizers 0.23: 44 units grew a
-    process by 350 MiB), so building one per unit grew each pack worker to ~0.9 GiB at 1 GB.
+    keeps about 8 MiB after it is dropped (measured with tokenizers 0.23: 33 units took a
+    process from 367 to 622 MiB), so building one per unit grew each pack worker to ~0.9 GiB at 1 GB.
     """
     from tokenizers import Tokenizer
 
