@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procs import install, run_owned
+from procs import env_pairs, install, run_owned
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     ppath = work / "prompts.jsonl"
     ppath.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(a.num_prompts)))
     common = {"model": model, "prompts_path": str(ppath), "max_tokens": a.max_tokens, "seed": a.seed}
-    base_env = dict(kv.split("=", 1) for kv in a.baseline_env)
+    base_env = env_pairs(ap, a.baseline_env)
     base = _child("baseline", common, base_env)
     rw = _child("rayworks", {**common, "out": str(work / "out"), "replicas": a.replicas, "batch_size": a.batch_size,
                              "port_base": a.port_base, "backend": a.backend,

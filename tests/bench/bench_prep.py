@@ -61,8 +61,8 @@ class PeakMemory:
         for p in [me] + me.children(recursive=True):
             try:
                 mi = p.memory_full_info()
-                title = "bench driver" if p.pid == me.pid else (p.cmdline() or [p.name()])[0]
-                procs.append((os.path.basename(title.split()[0]) if title else p.name(), getattr(mi, "pss", mi.rss)))
+                title = "bench" if p.pid == me.pid else ((p.cmdline() or [""])[0].split() or [p.name()])[0]
+                procs.append((os.path.basename(title), getattr(mi, "pss", mi.rss)))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         return sum(b for _, b in procs), procs

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procs import install, owned, run_owned
+from procs import env_pairs, install, owned, run_owned
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = int(os.environ.get("RAYWORKS_TEST_PORT_BASE", "27000")) + 60
@@ -189,12 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="environment for vLLM's server only, e.g. VLLM_CPU_OMP_THREADS_BIND=nobind and "
                          "OMP_NUM_THREADS=2: on CPU vLLM's default binding keeps a core for a scheduler")
     a = ap.parse_args(argv)
-    bad = [kv for kv in a.baseline_env if "=" not in kv]
-    if bad:
-        ap.error(f"--baseline-env {bad[0]!r}: give KEY=VALUE")
+    baseline_env = env_pairs(ap, a.baseline_env)
     install()
     if a.one:
-        one(a.one, a.model, dict(kv.split("=", 1) for kv in a.baseline_env))
+        one(a.one, a.model, baseline_env)
         return {}
     model = a.model
     if not model:

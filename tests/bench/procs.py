@@ -132,3 +132,11 @@ if __name__ == "__main__":  # a tiny self-check: python tests/bench/procs.py
     with owned([sys.executable, "-c", "import time; time.sleep(60)"]) as p:
         time.sleep(0.5)
     print("reaped" if not tree(p.pid) else "LEFT RUNNING")
+
+
+def env_pairs(ap, items: list[str]) -> dict[str, str]:
+    """``--baseline-env KEY=VALUE`` items as a dict; a malformed one is an argparse error."""
+    bad = [kv for kv in items if "=" not in kv]
+    if bad:
+        ap.error(f"--baseline-env {bad[0]!r}: give KEY=VALUE")
+    return dict(kv.split("=", 1) for kv in items)
